@@ -1,0 +1,53 @@
+"""Command line: one sub-command per module, each exposing `register(subparsers)`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hostd.errors import UsageError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but every usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hostd import replay, run
+
+    parser = _Parser(
+        prog="hostd",
+        description="haltpoll-emu: KVM halt polling reproduced with real processes. "
+        "Each vCPU is a pinned process that busy-polls a shared-memory pending-interrupt "
+        "word for halt_poll_ns, then blocks on a ZeroMQ socket; a device process injects "
+        "interrupts; hostd measures wakeup latency and host CPU per vCPU.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module in (run, replay):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        sys.stderr.write(f"hostd: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("hostd: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Human-readable output of a run, and the end-of-run checks."""
+from __future__ import annotations
+
+from typing import TextIO
+
+
+def _us(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1000:.1f}"
+
+
+def check_failures(result: dict) -> list[str]:
+    out = []
+    for v in result["vcpus"]:
+        a, s = v["accounting"], v["stats"]
+        if not a["exactly_once"]:
+            out.append(
+                f"vcpu{v['index']}: exactly-once accounting broken: device injected {a['device_injected']}, "
+                f"irq_seq {s['irq_injected']}, delivered {s['irq_delivered']} + coalesced {s['irq_coalesced']} "
+                f"+ pending {a['pending_at_exit']}"
+            )
+        if s["lost_wakeup"]:
+            out.append(f"vcpu{v['index']}: {s['lost_wakeup']} lost wakeup(s)")
+    return out
+
+
+def print_run(r: dict, out: TextIO) -> None:
+    spec = r["spec"]
+    pin = "unpinned" if spec["vcpu_cpus"] is None else f"vCPUs on CPUs {spec['vcpu_cpus']}, device on CPU {spec['device_cpu']}"
+    oc = "  (overcommitted)" if spec["overcommit"] else ""
+    out.write(
+        f"{spec['vcpus']} vCPU(s), workload {spec['workload']}, policy {spec['policy']}"
+        f" (host {spec['host_policy']}, halt_poll_ns {spec['halt_poll_ns']}), {spec['duration_s']} s; {pin}{oc}\n\n"
+    )
+    cols = ("vcpu", "exits", "polls", "poll_ok", "invalid", "wakeups", "poll p50", "block p50",
+            "all p99", "cpu %", "invol cs")
+    out.write("".join(f"{c:>10}" for c in cols) + "   (latency in us)\n")
+    for v in r["vcpus"]:
+        s, lat, h = v["stats"], v["latency_ns"], v["host"]
+        row = (
+            v["index"], s["halt_exits"], s["halt_attempted_poll"], s["halt_successful_poll"],
+            s["halt_poll_invalid"], s["halt_wakeup"], _us(lat["poll"]["p50"]), _us(lat["block"]["p50"]),
+            _us(lat["all"]["p99"]), f"{100 * h['cpu_frac']:.2f}", h["ctx_involuntary"],
+        )
+        out.write("".join(f"{x:>10}" for x in row) + "\n")
+    w = r["workload"]
+    if w["name"] == "io":
+        out.write(f"\nio: {w['ops_per_s']:.0f} synchronous writes/s ({w['writes']} writes)\n")
+    elif w["name"] == "timer":
+        ns, cy = w["latency_ns"], w["latency_cycles"]
+        out.write(
+            f"\ntimer: wake - deadline p50 {_us(ns['p50'])} us ({cy['p50']} cycles), p99 {_us(ns['p99'])} us "
+            f"({cy['p99']} cycles), max {_us(ns['max'])} us over {ns['count']} wakes\n"
+        )
+    else:
+        out.write(
+            f"\nidle: {w['halts_per_s']:.1f} halts/s, {w['failed_polls_per_s']:.1f} failed polls/s, "
+            f"host CPU per idle vCPU {100 * w['cpu_frac_per_vcpu']:.2f}% of a core\n"
+        )
+    c = r["checks"]
+    out.write(f"checks: exactly-once {'ok' if c['exactly_once'] else 'BROKEN'}, lost wakeups {c['lost_wakeup']}\n")

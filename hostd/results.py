@@ -1,0 +1,138 @@
+"""Turn a finished VM's counters, samples and host stats into the §8 result object."""
+from __future__ import annotations
+
+import numpy as np
+
+from hostd.vm import Vm
+from vcpu.halt import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
+
+STATS = (
+    "halt_exits", "halt_attempted_poll", "halt_successful_poll", "halt_poll_invalid",
+    "halt_wakeup", "halt_poll_success_ns", "halt_poll_fail_ns", "halt_wait_ns", "halt_poll_ns",
+    "irq_injected", "irq_delivered", "irq_coalesced", "spurious_wakeup", "lost_wakeup",
+)
+EXTRA_STATS = (
+    "guest_halt_poll_success", "guest_halt_poll_fail", "guest_halt_poll_ns", "guest_poll_ns",
+    "idle_periods", "timer_local", "ops", "samples_dropped",
+)
+
+
+def percentiles(samples: np.ndarray) -> dict:
+    """count, p50, p90, p99, p999, max; null percentiles when there is no sample."""
+    if samples.size == 0:
+        return {"count": 0, "p50": None, "p90": None, "p99": None, "p999": None, "max": None}
+    p50, p90, p99, p999 = np.percentile(samples, (50, 90, 99, 99.9))
+    return {
+        "count": int(samples.size), "p50": int(p50), "p90": int(p90), "p99": int(p99),
+        "p999": int(p999), "max": int(samples.max()),
+    }
+
+
+def _arr(report: dict, key: str) -> np.ndarray:
+    return np.frombuffer(report.get(key, b""), dtype=np.int64)
+
+
+def vcpu_samples(vm: Vm, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rep = vm.reports[f"vcpu{index}"]
+    return _arr(rep, "latency_ns"), np.frombuffer(rep["path"], dtype=np.uint8), _arr(rep, "halt_ns")
+
+
+def build(vm: Vm, tsc_khz: int) -> dict:
+    spec = vm.spec
+    win = vm.window
+    elapsed_ns = max(1, win.t1_ns - win.t0_ns)
+    dev = vm.reports["irqsrc"]
+    vcpus = []
+    all_lat = []
+    ok = True
+    for i in range(spec.vcpus):
+        counters = vm.counters(i)
+        lat, path, _ = vcpu_samples(vm, i)
+        all_lat.append(lat)
+        poll = np.isin(path, (PATH_POLL, PATH_GUEST_POLL))
+        host = win.delta[i]
+        stats = {k: counters[k] for k in STATS}
+        # Three tallies kept by different hands must agree: the device's private count, the
+        # shared sequence word, and the vCPU's delivered + coalesced plus what is still pending.
+        pending = counters["irq_pending"]
+        device_count = dev["injected"][i]
+        exactly_once = (
+            device_count == stats["irq_injected"] == stats["irq_delivered"] + stats["irq_coalesced"] + pending
+        )
+        ok = ok and exactly_once and stats["lost_wakeup"] == 0
+        vcpus.append({
+            "index": i,
+            "pid": vm.vcpu_pids()[i],
+            "cpu": None if spec.vcpu_cpus is None else spec.vcpu_cpus[i],
+            "stats": stats,
+            "guest": {k: counters[k] for k in EXTRA_STATS},
+            "hist": {k: counters[k] for k in ("halt_poll_success_hist", "halt_poll_fail_hist", "halt_wait_hist")},
+            "latency_ns": {
+                "poll": percentiles(lat[poll]),
+                "block": percentiles(lat[path == PATH_BLOCK]),
+                "all": percentiles(lat),
+                "guest_poll": percentiles(lat[path == PATH_GUEST_POLL]),
+            },
+            "host": {
+                "cpu_ns": host.cpu_ns,
+                "cpu_frac": host.cpu_ns / elapsed_ns,
+                "runq_wait_ns": host.runq_wait_ns,
+                "ctx_voluntary": host.ctx_voluntary,
+                "ctx_involuntary": host.ctx_involuntary,
+                "migrations": host.migrations,
+            },
+            "accounting": {
+                "device_injected": device_count,
+                "pending_at_exit": pending,
+                "exactly_once": exactly_once,
+            },
+        })
+    seconds = elapsed_ns / 1e9
+    lost = sum(v["stats"]["lost_wakeup"] for v in vcpus)
+    return {
+        "spec": {
+            "vcpus": spec.vcpus,
+            "workload": spec.workload,
+            "policy": spec.policy.policy,
+            "host_policy": spec.policy.host_policy,
+            "halt_poll_ns": spec.policy.halt_poll_ns,
+            "duration_s": round(seconds, 3),
+            "tsc_khz": tsc_khz,
+            "vcpu_cpus": spec.vcpu_cpus,
+            "device_cpu": spec.device_cpu,
+            "overcommit": spec.overcommit,
+            "policy_params": spec.policy.to_dict(),
+            "interval_ns": spec.interval_ns if spec.workload == "timer" else None,
+            "tick_hz": spec.tick_hz if spec.workload == "idle" else None,
+            "io": ({"file": spec.io_file or "(temp file)", "service_ns": spec.io_service_ns}
+                   if spec.workload == "io" else None),
+        },
+        "vcpus": vcpus,
+        "workload": _workload(spec.workload, vcpus, np.concatenate(all_lat), dev, seconds, tsc_khz),
+        "host_cpus": {"cpuidle_entries": {str(k): v for k, v in win.idle_delta.items()}},
+        "device": {
+            "kicks_dropped": dev["kicks_dropped"],
+            "timer_lateness_ns": percentiles(_arr(dev, "timer_late_ns")),
+            "io_service_ns": percentiles(_arr(dev, "io_service_ns")),
+        },
+        "checks": {"exactly_once": all(v["accounting"]["exactly_once"] for v in vcpus), "lost_wakeup": lost,
+                   "ok": ok},
+    }
+
+
+def _workload(name: str, vcpus: list[dict], lat: np.ndarray, dev: dict, seconds: float, tsc_khz: int) -> dict:
+    ops = sum(v["guest"]["ops"] for v in vcpus)
+    if name == "io":
+        return {"name": "io", "ops_per_s": ops / seconds, "writes": ops}
+    if name == "timer":
+        cycles = (lat * (tsc_khz / 1e6)).astype(np.int64)
+        return {"name": "timer", "latency_ns": percentiles(lat), "latency_cycles": percentiles(cycles),
+                "wakes": ops}
+    halts = sum(v["stats"]["halt_exits"] for v in vcpus)
+    failed = sum(v["stats"]["halt_attempted_poll"] - v["stats"]["halt_successful_poll"] for v in vcpus)
+    return {
+        "name": "idle",
+        "halts_per_s": halts / seconds,
+        "failed_polls_per_s": failed / seconds,
+        "cpu_frac_per_vcpu": sum(v["host"]["cpu_frac"] for v in vcpus) / len(vcpus),
+    }

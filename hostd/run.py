@@ -1,0 +1,112 @@
+"""`hostd run`: launch one VM-like process group, measure it for a duration, report."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from hostd import report
+from hostd.errors import UsageError
+from hostd.orphans import remove_stale_segments
+from hostd.output import atomic_write, write_json
+from hostd.policy_options import add_policy_options, policy_spec_from_args, tsc_khz_from_args
+from hostd.results import build, vcpu_samples
+from hostd.spec import VmSpec, add_vm_options, parse_duration, vm_spec_from_args
+from hostd.vm import ChildDied, Vm
+
+EXIT_CHECK_FAILED = 1
+EXIT_SIGNAL = 130
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: unwind through the same teardown as Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="launch a VM-like process group, measure it, report",
+        description="Launch N vCPU processes and a device process, run a guest workload under a "
+        "halt-poll policy for --duration seconds, then report KVM's halt statistics, wakeup latency "
+        "by path (poll hit / block) and the host CPU each vCPU burned.",
+        epilog="example: hostd run --vcpus 1 --workload timer --policy fixed --halt-poll-ns 2000000 --duration 3",
+    )
+    add_vm_options(p)
+    add_policy_options(p)
+    p.add_argument("--duration", default="5", metavar="SECONDS", help="how long to measure (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (DESIGN §8)")
+    p.add_argument("--out", metavar="DIR", help="also write result.json and each vCPU's halt durations "
+                   "(vcpuN.halts, ns per line, for `hostd replay --halts`) into DIR")
+    p.set_defaults(func=main)
+
+
+def spec_from_args(args: argparse.Namespace) -> tuple[VmSpec, int]:
+    tsc_khz = tsc_khz_from_args(args)
+    spec = vm_spec_from_args(args, policy_spec_from_args(args))
+    spec.duration_s = parse_duration(args.duration)
+    # Enough room for every wake at 200k wakes/s; beyond that samples are counted as dropped.
+    spec.sample_capacity = int(min(4_000_000, max(65_536, spec.duration_s * 200_000)))
+    return spec, tsc_khz
+
+
+def measure(spec: VmSpec, tsc_khz: int, progress: bool) -> tuple[dict, Vm]:
+    """Run one VM for spec.duration_s and return its result; the VM is closed on every path."""
+    vm = Vm(spec)
+    try:
+        vm.start()
+        vm.go()
+        end = time.monotonic() + spec.duration_s
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(0.1, left))
+            vm.check_children()
+            if progress:
+                done = spec.duration_s - max(0.0, left)
+                sys.stderr.write(f"\r  measuring {done:5.1f}/{spec.duration_s:g} s")
+        if progress:
+            sys.stderr.write("\n")
+        vm.stop()
+        return build(vm, tsc_khz), vm
+    finally:
+        vm.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    spec, tsc_khz = spec_from_args(args)
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out: {args.out!r} exists and is not a directory")
+    remove_stale_segments()
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        result, vm = measure(spec, tsc_khz, progress=sys.stderr.isatty() and spec.duration_s >= 2)
+    except (KeyboardInterrupt, Terminated):
+        sys.stderr.write("hostd: interrupted; every process stopped and the segment removed\n")
+        return EXIT_SIGNAL
+    except ChildDied as exc:
+        sys.stderr.write(f"hostd: {exc}; the VM was stopped and cleaned up\n")
+        return EXIT_CHECK_FAILED
+    except TimeoutError as exc:
+        sys.stderr.write(f"hostd: {exc}; the VM was stopped and cleaned up\n")
+        return EXIT_CHECK_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if args.out:
+        write_json(os.path.join(args.out, "result.json"), result)
+        for i in range(spec.vcpus):
+            halts = vcpu_samples(vm, i)[2]
+            atomic_write(os.path.join(args.out, f"vcpu{i}.halts"), "".join(f"{h}\n" for h in halts.tolist()))
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        report.print_run(result, sys.stdout)
+    failures = report.check_failures(result)
+    for f in failures:
+        sys.stderr.write(f"hostd: check failed: {f}\n")
+    return EXIT_CHECK_FAILED if failures else 0

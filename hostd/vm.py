@@ -1,0 +1,274 @@
+"""One VM-like process group: segment, device, vCPUs; started, measured, stopped, torn down.
+
+`close()` is the one teardown path and runs on every exit (normal, error, signal, a dead
+child): it kills what still runs, reaps it, unlinks the segment and removes the run dir.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+
+import msgpack
+import psutil
+import zmq
+
+from hostd import hoststats
+from hostd.spec import VmSpec
+from vcpu import abi
+
+READY_TIMEOUT_S = 20.0
+REPORT_TIMEOUT_S = 10.0
+EXIT_GRACE_S = 2.0
+
+
+class ChildDied(RuntimeError):
+    """A process of the group exited on its own; the message names it."""
+
+
+@dataclass
+class Child:
+    name: str  # "vcpu0", "irqsrc"
+    proc: subprocess.Popen
+    index: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def death(self) -> str | None:
+        rc = self.proc.poll()
+        if rc is None:
+            return None
+        how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
+        return f"{self.name} (pid {self.pid}) died: {how}"
+
+
+@dataclass
+class Window:
+    """The measurement window: host stats per vCPU and idle-state entries per CPU, at start."""
+
+    t0_ns: int
+    tasks: dict[int, hoststats.TaskStats]
+    idle: dict[int, dict[str, int]]
+    t1_ns: int = 0
+    delta: dict[int, hoststats.TaskStats] = field(default_factory=dict)
+    idle_delta: dict[int, dict[str, int]] = field(default_factory=dict)
+
+
+class Vm:
+    def __init__(self, spec: VmSpec) -> None:
+        self.spec = spec
+        self.children: list[Child] = []
+        self.reports: dict[str, dict] = {}
+        self.window: Window | None = None
+        self.started_ns = 0
+        self._shm: shared_memory.SharedMemory | None = None
+        self.words: memoryview | None = None
+        self.run_dir = ""
+        self._ctx = zmq.Context()
+        self._ctl: zmq.Socket | None = None
+        self._kicks: list[zmq.Socket] = []
+        self._device: zmq.Socket | None = None
+        self._closed = False
+        self._affinity = os.sched_getaffinity(0)
+
+    # --- start ----------------------------------------------------------------------------
+    def start(self) -> None:
+        spec = self.spec
+        self.run_dir = tempfile.mkdtemp(prefix=f"hpemu-{spec.vm}-")  # mode 0700
+        spec.shm = abi.segment_name(os.getpid())
+        self._shm = shared_memory.SharedMemory(spec.shm, create=True, size=abi.segment_size(spec.vcpus))
+        w = self.words = self._shm.buf.cast("Q")
+        w[abi.H_MAGIC] = abi.MAGIC
+        w[abi.H_NVCPUS] = spec.vcpus
+        p = spec.policy
+        for i in range(spec.vcpus):
+            b = abi.slot_base(i)
+            w[b + abi.HALT_POLL_NS] = p.halt_poll_ns
+            w[b + abi.HALT_POLL_NS_GROW] = p.halt_poll_ns_grow
+            w[b + abi.HALT_POLL_NS_GROW_START] = p.halt_poll_ns_grow_start
+            w[b + abi.HALT_POLL_NS_SHRINK] = p.halt_poll_ns_shrink
+            w[b + abi.RATE_MILLIHZ] = round(spec.tick_hz * 1000)
+            w[b + abi.PARAM_GEN] = 1
+        with open(os.path.join(self.run_dir, abi.SPEC_FILE), "wb") as f:
+            f.write(msgpack.packb(spec.to_wire()))
+        self._ctl = self._ctx.socket(zmq.PULL)
+        self._ctl.bind(abi.control_endpoint(self.run_dir))
+        self._spawn("irqsrc", ["-m", "irqsrc", "--run-dir", self.run_dir])
+        for i in range(spec.vcpus):
+            self._spawn(f"vcpu{i}", ["-m", "vcpu", "--run-dir", self.run_dir, "--index", str(i)], i)
+        if spec.device_cpu is not None:
+            # hostd itself stays on the housekeeping CPU, off the vCPUs' cores.
+            psutil.Process().cpu_affinity([spec.device_cpu])
+        self._await_ready()
+        self._device = self._push(abi.device_endpoint(self.run_dir))
+        self._kicks = [self._push(abi.kick_endpoint(self.run_dir, i)) for i in range(spec.vcpus)]
+        if spec.vcpu_cpus is not None:
+            self._check_pinning()
+
+    def _spawn(self, name: str, argv: list[str], index: int | None = None) -> None:
+        proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL)
+        self.children.append(Child(name, proc, index))
+
+    def _push(self, endpoint: str) -> zmq.Socket:
+        s = self._ctx.socket(zmq.PUSH)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.connect(endpoint)
+        return s
+
+    def _recv_ctl(self, deadline: float, watch: set[str] | None = None) -> dict:
+        """Next control message; raises ChildDied if a watched child exits while we wait."""
+        while True:
+            if self._ctl.poll(100):
+                return msgpack.unpackb(self._ctl.recv())
+            try:
+                self.check_children(watch)
+            except ChildDied:
+                if self._ctl.poll(200):  # its last message may still be in flight
+                    continue
+                raise
+            if time.monotonic() > deadline:
+                raise TimeoutError("timed out waiting for the VM's processes")
+
+    def _await_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        waiting = {c.name for c in self.children}
+        while waiting:
+            msg = self._recv_ctl(deadline)
+            if msg.get("kind") == "ready":
+                waiting.discard("irqsrc" if msg["who"] == "irqsrc" else f"vcpu{msg['index']}")
+
+    def _check_pinning(self) -> None:
+        """Every thread of a child on its CPU. ZeroMQ's I/O thread stays with its vCPU on purpose:
+        the kick then lands on the vCPU's own core, as KVM's wake-up IPI does."""
+        for c in self.children:
+            cpu = self.spec.device_cpu if c.index is None else self.spec.vcpu_cpus[c.index]
+            for t in psutil.Process(c.pid).threads():
+                if os.sched_getaffinity(t.id) != {cpu}:
+                    os.sched_setaffinity(t.id, {cpu})
+
+    # --- run ------------------------------------------------------------------------------
+    def go(self) -> None:
+        """Start the guests and open the measurement window."""
+        self.window = Window(time.monotonic_ns(), self._task_stats(), hoststats.cpuidle_usage(self._cpus()))
+        self.started_ns = self.window.t0_ns
+        self.words[abi.H_RUN] = 1
+        for k in self._kicks:
+            k.send(b"\x00")
+        self._device.send(msgpack.packb((abi.REQ_GO,)))
+
+    def _cpus(self) -> list[int]:
+        if self.spec.vcpu_cpus is None:
+            return sorted(os.sched_getaffinity(0))
+        return sorted(set(self.spec.vcpu_cpus) | {self.spec.device_cpu})
+
+    def _task_stats(self) -> dict[int, hoststats.TaskStats]:
+        return {c.index: hoststats.process_stats(c.pid) for c in self.children if c.index is not None}
+
+    def check_children(self, names: set[str] | None = None) -> None:
+        for c in self.children:
+            why = c.death() if names is None or c.name in names else None
+            if why:
+                raise ChildDied(why)
+
+    def vcpu_pids(self) -> list[int]:
+        return [c.pid for c in self.children if c.index is not None]
+
+    def child_pids(self) -> list[int]:
+        return [c.pid for c in self.children]
+
+    def counters(self, index: int) -> dict[str, int]:
+        b = abi.slot_base(index)
+        w = self.words
+        out = {name: w[b + off] for name, off in abi.C.items()}
+        out["irq_injected"] = w[b + abi.IRQ_SEQ]
+        out["irq_pending"] = w[b + abi.IRQ_SEQ] - w[b + abi.IRQ_ACK]
+        for name, off in abi.HIST.items():
+            out[name] = list(w[b + off : b + off + abi.HIST_BUCKETS])
+        return out
+
+    def set_param(self, name: str, value: int) -> None:
+        """Live module parameter: used from the next halt on (the vCPU sees PARAM_GEN move)."""
+        offsets = {
+            "halt_poll_ns": abi.HALT_POLL_NS,
+            "halt_poll_ns_grow": abi.HALT_POLL_NS_GROW,
+            "halt_poll_ns_grow_start": abi.HALT_POLL_NS_GROW_START,
+            "halt_poll_ns_shrink": abi.HALT_POLL_NS_SHRINK,
+            "tick_millihz": abi.RATE_MILLIHZ,
+        }
+        w = self.words
+        for i in range(self.spec.vcpus):
+            b = abi.slot_base(i)
+            w[b + offsets[name]] = value
+            w[b + abi.PARAM_GEN] += 1
+
+    # --- stop -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Close the window, stop the device, then the vCPUs, and collect every report."""
+        win = self.window
+        if win is not None:
+            win.t1_ns = time.monotonic_ns()
+            end = self._task_stats()
+            win.delta = {i: end[i] - win.tasks[i] for i in end}
+            idle_end = hoststats.cpuidle_usage(self._cpus())
+            win.idle_delta = {
+                cpu: {s: n - win.idle.get(cpu, {}).get(s, 0) for s, n in states.items()}
+                for cpu, states in idle_end.items()
+            }
+        deadline = time.monotonic() + REPORT_TIMEOUT_S
+        # The device first: after its report no injection can race the vCPUs' final tallies.
+        self._device.send(msgpack.packb((abi.REQ_STOP,)))
+        self._collect({"irqsrc"}, deadline)
+        self.words[abi.H_STOP] = 1
+        for k in self._kicks:
+            k.send(b"\x00")
+        self._collect({f"vcpu{i}" for i in range(self.spec.vcpus)}, deadline)
+        for c in self.children:
+            try:
+                c.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _collect(self, names: set[str], deadline: float) -> None:
+        while missing := names - self.reports.keys():
+            msg = self._recv_ctl(deadline, missing)
+            if msg.get("kind") == "report":
+                self.reports["irqsrc" if msg["who"] == "irqsrc" else f"vcpu{msg['index']}"] = msg
+
+    # --- teardown -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        alive = [c.proc for c in self.children if c.proc.poll() is None]
+        for p in alive:
+            p.terminate()
+        deadline = time.monotonic() + EXIT_GRACE_S
+        for p in alive:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self._ctx.destroy(linger=0)
+        if self.words is not None:
+            self.words.release()
+        if self._shm is not None:
+            self._shm.close()
+            self._shm.unlink()
+        if self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        os.sched_setaffinity(0, self._affinity)
+
+    def __enter__(self) -> "Vm":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

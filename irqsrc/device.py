@@ -1,0 +1,141 @@
+"""The device process: serve guest requests and fire timers and ticks, on its own CPU.
+
+It sleeps in select() on the request socket until shortly before the next due event, then
+spins the rest of the way, so timers fire within a few microseconds of their deadline
+(the process timer slack is set to 1 ns for the sleeping part).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import select
+import signal
+import sys
+import time
+
+import msgpack
+import psutil
+import zmq
+
+from irqsrc.inject import Injector
+from irqsrc.sources import TickSource, TimerSource, WriteDevice
+from vcpu import abi
+
+SPIN_NS = 150_000  # the final stretch before an event is spun, not slept
+
+
+class Device:
+    def __init__(self, spec: dict, run_dir: str, words: memoryview, ctx: zmq.Context) -> None:
+        n = spec["vcpus"]
+        self.req = ctx.socket(zmq.PULL)
+        self.req.bind(abi.device_endpoint(run_dir))
+        self.kicks = []
+        for i in range(n):
+            s = ctx.socket(zmq.PUSH)
+            s.setsockopt(zmq.SNDHWM, 4096)
+            s.connect(abi.kick_endpoint(run_dir, i))
+            self.kicks.append(s)
+        self.injector = Injector(words, self.kicks)
+        self.timers = TimerSource()
+        self.ticks = TickSource(words, n) if spec["workload"] == "idle" else None
+        self.io = WriteDevice(spec["io_file"], spec["io_service_ns"]) if spec["workload"] == "io" else None
+        self.io_queue: collections.deque[int] = collections.deque()
+        self.running = False
+        self.stopping = False
+
+    def _handle(self, msg: list) -> None:
+        kind = msg[0]
+        if kind == abi.REQ_ARM:
+            self.timers.arm(msg[1], msg[2])
+        elif kind == abi.REQ_IO:
+            self.io_queue.append(msg[1])
+        elif kind == abi.REQ_GO:
+            self.running = True
+            if self.ticks is not None:
+                self.ticks.start(time.monotonic_ns())
+        elif kind == abi.REQ_STOP:
+            self.stopping = True
+
+    def _drain(self) -> None:
+        req = self.req
+        while req.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._handle(msgpack.unpackb(req.recv()))
+
+    def _next_event(self) -> int | None:
+        times = [t for t in (self.timers.next_ns(), self.ticks.next_ns() if self.ticks else None) if t]
+        return min(times) if times else None
+
+    def serve(self) -> None:
+        fd = self.req.getsockopt(zmq.FD)
+        now = time.monotonic_ns
+        inject = self.injector.inject
+        while True:
+            self._drain()
+            if self.stopping:
+                return
+            if self.io_queue:
+                index = self.io_queue.popleft()
+                self.io.write()
+                inject(index)
+                continue
+            due = self._next_event() if self.running else None
+            t = now()
+            if due is None or due - t > SPIN_NS:
+                # ZeroMQ's fd is edge-like: safe to wait on only right after EVENTS said empty.
+                timeout = None if due is None else (due - t - SPIN_NS) / 1e9
+                select.select([fd], [], [], timeout)
+                continue
+            while now() < due:
+                pass
+            t = now()
+            for index in self.timers.pop_due(t):
+                inject(index)
+            if self.ticks is not None:
+                for index in self.ticks.pop_due(t):
+                    inject(index)
+
+    def report(self) -> dict:
+        return {
+            "kind": "report",
+            "who": "irqsrc",
+            "injected": self.injector.injected,
+            "kicks_dropped": self.injector.kicks_dropped,
+            "timer_late_ns": self.timers.lateness_ns.payload(),
+            "io_service_ns": self.io.service_times_ns.payload() if self.io else b"",
+        }
+
+    def close(self) -> None:
+        if self.io is not None:
+            self.io.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="irqsrc", description="the device process (started by hostd)")
+    ap.add_argument("--run-dir", required=True)
+    args = ap.parse_args(argv)
+    with open(os.path.join(args.run_dir, abi.SPEC_FILE), "rb") as f:
+        spec = msgpack.unpackb(f.read())
+    abi.child_setup(f"{spec['vm']}/irqsrc")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is hostd's to handle
+    abi.set_timer_slack_ns(1)
+    if spec["device_cpu"] is not None:
+        psutil.Process().cpu_affinity([spec["device_cpu"]])
+    words = abi.attach(spec["shm"])
+    ctx = zmq.Context()
+    ctl = ctx.socket(zmq.PUSH)
+    ctl.connect(abi.control_endpoint(args.run_dir))
+    device = None
+    try:
+        device = Device(spec, args.run_dir, words, ctx)
+        ctl.send(msgpack.packb({"kind": "ready", "who": "irqsrc", "pid": os.getpid()}))
+        device.serve()
+        ctl.send(msgpack.packb(device.report()))
+    except Exception as exc:
+        sys.stderr.write(f"irqsrc: {type(exc).__name__}: {exc}\n")
+        return 1
+    finally:
+        if device is not None:
+            device.close()
+        ctx.destroy(linger=2000)
+    return 0

@@ -1,0 +1,118 @@
+"""Interrupt sources: the guest timer, the idle tick and the O_DSYNC write device."""
+from __future__ import annotations
+
+import heapq
+import os
+import tempfile
+import time
+from array import array
+
+from vcpu import abi
+
+BLOCK = 4096
+IO_SPAN = 256  # blocks the writes cycle over: a small file that stays allocated
+
+
+class Ring:
+    """The latest `capacity` samples, in fixed memory however long the device runs."""
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self.buf = array("q", bytes(8 * capacity))
+        self.n = 0
+
+    def add(self, value: int) -> None:
+        self.buf[self.n % len(self.buf)] = value
+        self.n += 1
+
+    def payload(self) -> bytes:
+        return self.buf[: min(self.n, len(self.buf))].tobytes()
+
+
+class TimerSource:
+    """The host's hrtimer for each vCPU's TSC deadline: fire each armed deadline once."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, int]] = []
+        self.lateness_ns = Ring()
+
+    def arm(self, index: int, deadline_ns: int) -> None:
+        heapq.heappush(self.heap, (deadline_ns, index))
+
+    def next_ns(self) -> int | None:
+        return self.heap[0][0] if self.heap else None
+
+    def pop_due(self, now: int) -> list[int]:
+        """Indices of vCPUs whose deadline has passed; records how late we are."""
+        due = []
+        while self.heap and self.heap[0][0] <= now:
+            deadline, index = heapq.heappop(self.heap)
+            self.lateness_ns.add(now - deadline)
+            due.append(index)
+        return due
+
+
+class TickSource:
+    """The idle guest's timer tick, per vCPU, phases staggered; rate live from the slot."""
+
+    def __init__(self, words: memoryview, nvcpus: int) -> None:
+        self.w = words
+        self.i_rate = [abi.slot_base(i) + abi.RATE_MILLIHZ for i in range(nvcpus)]
+        self.next: list[int | None] = [None] * nvcpus
+
+    def _period_ns(self, index: int) -> int | None:
+        mhz = self.w[self.i_rate[index]]
+        return 10**12 // mhz if mhz else None
+
+    def start(self, now: int) -> None:
+        n = len(self.next)
+        for i in range(n):
+            period = self._period_ns(i)
+            self.next[i] = None if period is None else now + period * (i + 1) // n
+
+    def next_ns(self) -> int | None:
+        pending = [t for t in self.next if t is not None]
+        return min(pending) if pending else None
+
+    def pop_due(self, now: int) -> list[int]:
+        due = []
+        for i, t in enumerate(self.next):
+            if t is not None and t <= now:
+                due.append(i)
+                period = self._period_ns(i)
+                self.next[i] = None if period is None else max(t + period, now)
+        return due
+
+
+class WriteDevice:
+    """Synchronous block writes: real `pwrite` on an O_DSYNC file, or a modelled service time."""
+
+    def __init__(self, path: str | None, service_ns: int | None) -> None:
+        self.service_ns = service_ns
+        self.service_times_ns = Ring()
+        self._tmpdir = None
+        self.fd = -1
+        if service_ns is None:
+            if path is None:
+                self._tmpdir = tempfile.TemporaryDirectory(prefix="hpemu-io-")
+                path = os.path.join(self._tmpdir.name, "disk.img")
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DSYNC, 0o600)
+            self.path = path
+        self.buf = os.urandom(BLOCK)
+        self.block = 0
+
+    def write(self) -> None:
+        t = time.monotonic_ns()
+        if self.service_ns is None:
+            os.pwrite(self.fd, self.buf, self.block * BLOCK)
+            self.block = (self.block + 1) % IO_SPAN
+        else:
+            end = t + self.service_ns
+            while time.monotonic_ns() < end:
+                pass
+        self.service_times_ns.add(time.monotonic_ns() - t)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()

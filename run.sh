@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# ./run.sh [ARGS]   set up .venv on first use, then run `hostd ARGS` (no ARGS: `hostd compare`)
+# ./run.sh test     set up .venv on first use, then run the whole test suite
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="$here/.venv"
+stamp="$venv/.installed"
+
+python=${PYTHON:-python3}
+if ! command -v "$python" >/dev/null 2>&1; then
+  echo "run.sh: $python not found; install Python >= 3.10" >&2
+  exit 2
+fi
+
+# Reinstall when pyproject.toml changes, so a pull that adds a dependency just works.
+if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+  echo "run.sh: setting up $venv (first use) ..." >&2
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
+  "$venv/bin/python" -m pip install --quiet -e "$here[test]" >&2
+  touch "$stamp"
+fi
+
+if [ "${1:-}" = "test" ]; then
+  shift
+  cd "$here"
+  exec "$venv/bin/python" -m pytest "$@"
+fi
+if [ $# -eq 0 ]; then
+  set -- compare
+fi
+exec "$venv/bin/hostd" "$@"

@@ -1,0 +1,165 @@
+"""The one contract between hostd, irqsrc and the vCPUs: shared-memory layout and channel names.
+
+The segment is an array of u64 words. A 128-byte header is followed by one slot per vCPU.
+Each slot is a whole number of 64-byte cache lines, and each line has a single writer, so a
+vCPU spinning on its pending word never shares a line with another vCPU or with a word the
+device writes for someone else. Nothing outside this module knows a byte offset.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import secrets
+import signal
+
+WORD = 8
+LINE_WORDS = 64 // WORD
+HIST_BUCKETS = 32  # KVM's HALT_POLL_HIST_COUNT: log2 buckets, index = fls64(value)
+
+# Header (hostd writes).
+H_MAGIC, H_NVCPUS, H_RUN, H_STOP = range(4)
+HEADER_WORDS = 2 * LINE_WORDS
+MAGIC = 0x48414C54504F4C4C  # "HALTPOLL"
+
+# vCPU states, as the `state` word shows them.
+RUNNING, POLLING, BLOCKED, GUEST_POLLING = 0, 1, 2, 3
+STATE_NAMES = ("RUNNING", "POLLING", "BLOCKED", "GUEST_POLLING")
+
+# Slot line 0: written by the device only.
+IRQ_SEQ = 0      # bumped once per injected interrupt
+INJECT_NS = 1    # monotonic_ns of the latest injection, written before IRQ_SEQ
+# Slot line 1: written by the vCPU's hot path only.
+IRQ_ACK = 8            # last IRQ_SEQ consumed
+STATE = 9
+TIMER_DEADLINE_NS = 10  # armed guest timer, 0 = none
+# Slot line 2: written by hostd (live parameters; PARAM_GEN bumped after the others).
+HALT_POLL_NS = 16
+HALT_POLL_NS_GROW = 17
+HALT_POLL_NS_GROW_START = 18
+HALT_POLL_NS_SHRINK = 19
+PARAM_GEN = 20
+RATE_MILLIHZ = 21  # workload rate (idle tick / timer frequency) in mHz, read by the device
+
+# From line 3 on: the vCPU's statistics (single writer: the vCPU), KVM's names first.
+COUNTERS = (
+    "halt_exits",
+    "halt_attempted_poll",
+    "halt_successful_poll",
+    "halt_poll_invalid",
+    "halt_wakeup",
+    "halt_poll_success_ns",
+    "halt_poll_fail_ns",
+    "halt_wait_ns",
+    "halt_poll_ns",  # the per-vCPU value the (adaptive) policy holds now
+    "irq_delivered",
+    "irq_coalesced",
+    "spurious_wakeup",
+    "lost_wakeup",
+    "guest_halt_poll_success",
+    "guest_halt_poll_fail",
+    "guest_halt_poll_ns",  # the guest governor's current poll_limit_ns
+    "guest_poll_ns",       # time spent polling inside the guest
+    "idle_periods",        # times the guest went idle (halted or guest-polled)
+    "timer_local",         # timer expiries the vCPU saw itself while polling
+    "ops",                 # workload operations completed (io writes, timer wakes, ticks)
+    "samples_dropped",     # wake samples beyond the recording buffer
+)
+COUNTERS_BASE = 3 * LINE_WORDS
+C = {name: COUNTERS_BASE + i for i, name in enumerate(COUNTERS)}
+
+HISTS = ("halt_poll_success_hist", "halt_poll_fail_hist", "halt_wait_hist")
+_HIST_BASE = COUNTERS_BASE + -(-len(COUNTERS) // LINE_WORDS) * LINE_WORDS
+HIST = {name: _HIST_BASE + i * HIST_BUCKETS for i, name in enumerate(HISTS)}
+
+SLOT_WORDS = _HIST_BASE + len(HISTS) * HIST_BUCKETS
+assert SLOT_WORDS % LINE_WORDS == 0
+
+SHM_PREFIX = "hpemu"
+
+
+def segment_size(nvcpus: int) -> int:
+    return (HEADER_WORDS + nvcpus * SLOT_WORDS) * WORD
+
+
+def slot_base(index: int) -> int:
+    """Word index of vCPU `index`'s slot; add a field constant to address a word."""
+    return HEADER_WORDS + index * SLOT_WORDS
+
+
+def segment_name(owner_pid: int) -> str:
+    """`hpemu.<pid>.<random>`: recognisable, and the owner is known if a crash leaves it behind."""
+    return f"{SHM_PREFIX}.{owner_pid}.{secrets.token_hex(4)}"
+
+
+def segment_owner(name: str) -> int | None:
+    parts = name.split(".")
+    if len(parts) == 3 and parts[0] == SHM_PREFIX and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
+def attach(name: str) -> memoryview:
+    """Map an existing segment as u64 words, for the life of the process.
+
+    Plain mmap rather than SharedMemory: in a child, SharedMemory's resource tracker would
+    unlink the segment when the child exits, and only hostd owns it.
+    """
+    fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
+    try:
+        return memoryview(mmap.mmap(fd, 0)).cast("Q")
+    finally:
+        os.close(fd)
+
+
+def hist_bucket(value_ns: int) -> int:
+    """KVM_STATS_LOG_HIST_UPDATE: bucket fls64(value), the last bucket catching the rest."""
+    b = value_ns.bit_length()
+    return b if b < HIST_BUCKETS else HIST_BUCKETS - 1
+
+
+# Wake channels: ZeroMQ ipc endpoints inside the run's private directory (mode 0700).
+def kick_endpoint(run_dir: str, index: int) -> str:
+    """Each vCPU binds a PULL socket here; the device (and hostd, to stop it) PUSH one-frame kicks."""
+    return f"ipc://{run_dir}/vcpu{index}.kick"
+
+
+def device_endpoint(run_dir: str) -> str:
+    """The device's PULL socket: guest requests (I/O submits, timer arms) and hostd's commands."""
+    return f"ipc://{run_dir}/irqsrc.req"
+
+
+def control_endpoint(run_dir: str) -> str:
+    """hostd's PULL socket: children report ready, then send their final report."""
+    return f"ipc://{run_dir}/hostd.ctl"
+
+
+SPEC_FILE = "spec.msgpack"
+
+# Device request kinds (first element of a msgpack list).
+REQ_IO, REQ_ARM, REQ_GO, REQ_STOP = range(4)
+
+
+# Conventions every child process follows (part of the contract: hostd relies on them).
+_PR_SET_PDEATHSIG, _PR_SET_NAME, _PR_SET_TIMERSLACK = 1, 15, 29
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def child_setup(comm: str) -> None:
+    """Name the process for ps/top (as QEMU names `CPU 0/KVM`) and die with hostd.
+
+    The parent-death signal means a SIGKILLed hostd leaves no orphans spinning on a core.
+    """
+    set_process_name(comm)
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def set_process_name(comm: str) -> None:
+    _libc.prctl(_PR_SET_NAME, comm.encode()[:15], 0, 0, 0)
+
+
+def set_timer_slack_ns(ns: int) -> None:
+    """Default slack is 50 us; a timer device that sleeps toward a deadline needs ~1 ns."""
+    _libc.prctl(_PR_SET_TIMERSLACK, ns, 0, 0, 0)

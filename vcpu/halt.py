@@ -1,0 +1,320 @@
+"""Halt emulation: the kvm_vcpu_halt analogue, run inside the vCPU process.
+
+One idle period of the guest is: an optional guest poll (cpuidle-haltpoll), then HLT, which
+exits to the "host": poll the pending word for the policy's budget, then drain stale kicks,
+re-check, and block on the ZeroMQ kick socket. The unconditional kick after every injection
+(irqsrc) plus drain-before-recheck here is what makes the protocol free of lost wakeups:
+a kick that arrives after the drain stays queued and wakes the block; one that arrived before
+it was sent after its interrupt was published, so the re-check sees that interrupt.
+
+Everything on the poll and wake paths works on preallocated words and arrays: no lists,
+dicts or logging per halt.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from array import array
+
+import zmq
+
+from vcpu import abi
+from vcpu.guest_haltpoll import GuestHaltPoll
+from vcpu.policy import HostPolicy
+
+# Why a wait ended.
+NONE, IRQ, TIMER, STOPPED = 0, 1, 2, 3
+# Why a poll ended without an event.
+EXPIRED, PREEMPTED = 4, 5
+# Wake paths, as recorded per sample.
+PATH_POLL, PATH_BLOCK, PATH_GUEST_POLL = 0, 1, 2
+
+# A gap this long between two poll iterations means we were not on the CPU; only then pay
+# for getrusage to confirm an involuntary context switch (the need_resched() stand-in).
+PREEMPT_GAP_NS = 30_000
+STOP_CHECK_MASK = 1023  # look at the stop word every 1024 poll iterations
+
+
+class Recorder:
+    """Fixed-capacity wake samples: latency, path and halt duration, filled in place."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.latency_ns = array("q", bytes(8 * capacity))
+        self.halt_ns = array("q", bytes(8 * capacity))
+        self.path = bytearray(capacity)
+        self.n = 0
+
+    def payload(self) -> dict:
+        n = self.n
+        return {
+            "latency_ns": self.latency_ns[:n].tobytes(),
+            "halt_ns": self.halt_ns[:n].tobytes(),
+            "path": bytes(self.path[:n]),
+        }
+
+
+class VCpu:
+    def __init__(
+        self,
+        words: memoryview,
+        index: int,
+        kick: zmq.Socket,
+        host: HostPolicy,
+        guest: GuestHaltPoll | None,
+        idle_poll: bool,
+        exit_cost_ns: int,
+        recorder: Recorder,
+        safety_timeout_ms: int,
+    ) -> None:
+        self.w = words
+        self.kick = kick
+        self.host = host
+        self.guest = guest
+        self.idle_poll = idle_poll
+        self.exit_half_ns = exit_cost_ns // 2
+        self.rec = recorder
+        self.safety_ns = safety_timeout_ms * 1_000_000
+        kick.setsockopt(zmq.RCVTIMEO, safety_timeout_ms)
+        b = abi.slot_base(index)
+        self.i_seq = b + abi.IRQ_SEQ
+        self.i_inject = b + abi.INJECT_NS
+        self.i_ack = b + abi.IRQ_ACK
+        self.i_state = b + abi.STATE
+        self.i_deadline = b + abi.TIMER_DEADLINE_NS
+        self.i_param_gen = b + abi.PARAM_GEN
+        self.i_params = tuple(
+            b + off
+            for off in (abi.HALT_POLL_NS, abi.HALT_POLL_NS_GROW, abi.HALT_POLL_NS_GROW_START, abi.HALT_POLL_NS_SHRINK)
+        )
+        self.c = {name: b + off for name, off in abi.C.items()}
+        self.h = {name: b + off for name, off in abi.HIST.items()}
+        self.ack = words[self.i_ack]
+        self.deadline = 0
+        self.echo = 0  # injections still to come for timer expiries this vCPU took itself
+        self.nivcsw = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+        self.param_gen = -1
+        self._load_params()
+
+    # --- live parameters -------------------------------------------------------------
+    def _load_params(self) -> None:
+        w = self.w
+        self.param_gen = w[self.i_param_gen]
+        self.host.set_params(*(w[i] for i in self.i_params))
+
+    # --- the guest's timer -------------------------------------------------------------
+    def arm_timer(self, deadline_ns: int) -> None:
+        self.deadline = deadline_ns
+        self.w[self.i_deadline] = deadline_ns
+
+    # --- pending checks ----------------------------------------------------------------
+    def _irq_pending(self) -> bool:
+        """True if an injection is waiting, after absorbing echoes of self-taken timers."""
+        w = self.w
+        n = w[self.i_seq] - self.ack
+        if not n:
+            return False
+        if self.echo:
+            # The device fires every armed deadline exactly once; when this vCPU saw the
+            # expiry first, that injection is the same interrupt, delivered already.
+            e = n if n < self.echo else self.echo
+            self.echo -= e
+            self.ack += e
+            w[self.i_ack] = self.ack
+            w[self.c["irq_delivered"]] += e
+            return n > e
+        return True
+
+    def _pending(self) -> int:
+        if self.w[self.i_seq] != self.ack and self._irq_pending():
+            return IRQ
+        if self.deadline and time.monotonic_ns() >= self.deadline:
+            return TIMER
+        if self.w[abi.H_STOP]:
+            return STOPPED
+        return NONE
+
+    def _spin(self, until_ns: int, watch_preempt: bool) -> int:
+        """Busy-poll the pending word and the armed deadline until one holds or time is up."""
+        w = self.w
+        i_seq = self.i_seq
+        deadline = self.deadline
+        now = time.monotonic_ns
+        last = now()
+        n = 0
+        while True:
+            if w[i_seq] != self.ack and self._irq_pending():
+                return IRQ
+            t = now()
+            if deadline and t >= deadline:
+                return TIMER
+            if t >= until_ns:
+                return EXPIRED
+            if watch_preempt and t - last > PREEMPT_GAP_NS:
+                nivcsw = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+                if nivcsw != self.nivcsw:
+                    self.nivcsw = nivcsw
+                    return PREEMPTED
+            last = t
+            n += 1
+            if not n & STOP_CHECK_MASK and w[abi.H_STOP]:
+                return STOPPED
+
+    def _block(self) -> tuple[int, bool]:
+        """Drain stale kicks, re-check, then sleep in the socket. Returns (why, waited)."""
+        w, kick, c = self.w, self.kick, self.c
+        try:
+            while True:
+                kick.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        why = self._pending()
+        if why:
+            return why, False  # kvm_vcpu_block's first check: never scheduled out
+        while True:
+            try:
+                kick.recv()
+            except zmq.Again:  # the safety net: a wake nobody kicked us for would be lost
+                why = self._pending()
+                if why == IRQ and time.monotonic_ns() - w[self.i_inject] > self.safety_ns:
+                    w[c["lost_wakeup"]] += 1
+                elif why == TIMER and time.monotonic_ns() - self.deadline > self.safety_ns:
+                    w[c["lost_wakeup"]] += 1
+                if why:
+                    return why, True
+                continue
+            why = self._pending()
+            if why:
+                w[c["halt_wakeup"]] += 1
+                return why, True
+            w[c["spurious_wakeup"]] += 1
+
+    def _spin_for(self, ns: int) -> None:
+        """Burn `ns` of CPU: the modelled VM exit or entry."""
+        end = time.monotonic_ns() + ns
+        while time.monotonic_ns() < end:
+            pass
+
+    # --- one halt that reached the host (kvm_vcpu_halt) ----------------------------------
+    def _halt(self) -> tuple[int, int, int]:
+        """Returns (why, path, when the guest resumes)."""
+        w, c, h = self.w, self.c, self.h
+        now = time.monotonic_ns
+        w[c["halt_exits"]] += 1
+        if self.exit_half_ns:
+            self._spin_for(self.exit_half_ns)
+        if w[self.i_param_gen] != self.param_gen:
+            self._load_params()
+        budget = self.host.begin_halt()
+        start = poll_end = now()
+        valid = True
+        why = NONE
+        if budget:
+            w[self.i_state] = abi.POLLING
+            why = self._spin(start + budget, True)
+            poll_end = now()
+            if why == PREEMPTED:
+                w[c["halt_poll_invalid"]] += 1
+                valid = False
+            if why >= EXPIRED:
+                why = NONE
+        waited = False
+        cur = poll_end
+        if not why:
+            w[self.i_state] = abi.BLOCKED
+            why, waited = self._block()
+            cur = now()
+            if waited:
+                wait_ns = cur - poll_end
+                w[c["halt_wait_ns"]] += wait_ns
+                w[h["halt_wait_hist"] + abi.hist_bucket(wait_ns)] += 1
+        if budget:
+            # KVM counts a poll successful when the vCPU never got scheduled out, even if
+            # the event landed just after the loop (update_halt_poll_stats).
+            poll_ns = poll_end - start
+            w[c["halt_attempted_poll"]] += 1
+            if not waited:
+                w[c["halt_successful_poll"]] += 1
+                w[c["halt_poll_success_ns"]] += poll_ns
+                w[h["halt_poll_success_hist"] + abi.hist_bucket(poll_ns)] += 1
+            else:
+                w[c["halt_poll_fail_ns"]] += poll_ns
+                w[h["halt_poll_fail_hist"] + abi.hist_bucket(poll_ns)] += 1
+        self.host.end_halt(cur - start, waited, valid)
+        w[c["halt_poll_ns"]] = self.host.halt_poll_ns
+        if self.exit_half_ns:
+            self._spin_for(self.exit_half_ns)
+        # The guest resumes after the entry half of the exit cost; our bookkeeping is not its latency.
+        return why, PATH_BLOCK if waited else PATH_POLL, cur + self.exit_half_ns
+
+    # --- one idle period of the guest ------------------------------------------------------
+    def idle(self) -> bool:
+        """Wait for the next interrupt or timer as the guest would; False once told to stop."""
+        w, c = self.w, self.c
+        now = time.monotonic_ns
+        t0 = now()
+        w[c["idle_periods"]] += 1
+        why = NONE
+        path = PATH_GUEST_POLL
+        if self.idle_poll:
+            w[self.i_state] = abi.GUEST_POLLING
+            while not why:
+                why = self._spin(t0 + 1_000_000_000, False)
+                why = NONE if why >= EXPIRED else why
+            t = now()
+        elif self.guest is not None:
+            budget = self.guest.poll_budget()
+            if budget:
+                w[self.i_state] = abi.GUEST_POLLING
+                why = self._spin(t0 + budget, False)
+                t = now()
+                why = NONE if why >= EXPIRED else why
+                w[c["guest_poll_ns"]] += t - t0
+                w[c["guest_halt_poll_success" if why else "guest_halt_poll_fail"]] += 1
+            if why:
+                self.guest.reflect(False, 0)
+            else:
+                hlt = now()
+                why, path, t = self._halt()
+                self.guest.reflect(True, t - hlt)
+            w[c["guest_halt_poll_ns"]] = self.guest.poll_limit_ns
+        else:
+            why, path, t = self._halt()
+        w[self.i_state] = abi.RUNNING
+        if why == STOPPED:
+            return False
+        return self._wake(t, t0, why, path)
+
+    def _wake(self, t: int, t0: int, why: int, path: int) -> bool:
+        """Consume what woke us, exactly once, and record the sample."""
+        w, c = self.w, self.c
+        if why == IRQ:
+            seq = w[self.i_seq]
+            n = seq - self.ack
+            self.ack = seq
+            w[self.i_ack] = seq
+            w[c["irq_delivered"]] += 1
+            if n > 1:
+                w[c["irq_coalesced"]] += n - 1
+            event = w[self.i_inject]
+        else:
+            event = 0
+        if self.deadline and t >= self.deadline:
+            # The guest timer expired: its latency counts from the deadline itself.
+            event = self.deadline
+            if why == TIMER:
+                self.echo += 1
+                w[c["timer_local"]] += 1
+            self.deadline = 0
+            w[self.i_deadline] = 0
+        w[c["ops"]] += 1
+        rec = self.rec
+        i = rec.n
+        if i < rec.capacity:
+            rec.latency_ns[i] = t - event
+            rec.halt_ns[i] = event - t0 if event > t0 else 0
+            rec.path[i] = path
+            rec.n = i + 1
+        else:
+            w[c["samples_dropped"]] += 1
+        return True

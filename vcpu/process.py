@@ -1,0 +1,68 @@
+"""The vCPU process: set up, pin, report ready, run the guest until told to stop, report."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import msgpack
+import psutil
+import zmq
+
+from vcpu import abi, guest
+from vcpu.guest_haltpoll import make_guest_policy
+from vcpu.halt import Recorder, VCpu
+from vcpu.policy import PolicySpec, make_host_policy
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="vcpu", description="one emulated vCPU (started by hostd)")
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--index", type=int, required=True)
+    args = ap.parse_args(argv)
+    with open(os.path.join(args.run_dir, abi.SPEC_FILE), "rb") as f:
+        spec = msgpack.unpackb(f.read())
+    index = args.index
+    abi.child_setup(f"{spec['vm']}/vcpu{index}")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is hostd's to handle
+    cpus = spec["vcpu_cpus"]
+    if cpus is not None:
+        # Pin before ZeroMQ starts its I/O thread, so that thread inherits the CPU too.
+        psutil.Process().cpu_affinity([cpus[index]])
+    words = abi.attach(spec["shm"])
+    ctx = zmq.Context()
+    kick = ctx.socket(zmq.PULL)
+    kick.bind(abi.kick_endpoint(args.run_dir, index))
+    req = ctx.socket(zmq.PUSH)
+    req.connect(abi.device_endpoint(args.run_dir))
+    ctl = ctx.socket(zmq.PUSH)
+    ctl.connect(abi.control_endpoint(args.run_dir))
+    try:
+        ctl.send(msgpack.packb({"kind": "ready", "who": "vcpu", "index": index, "pid": os.getpid()}))
+        # hostd sets RUN once every process is up, then kicks us.
+        while not (words[abi.H_RUN] or words[abi.H_STOP]):
+            kick.recv()
+        policy = PolicySpec.from_dict(spec["policy"])
+        recorder = Recorder(spec["sample_capacity"])
+        v = VCpu(
+            words,
+            index,
+            kick,
+            make_host_policy(policy),
+            make_guest_policy(policy),
+            policy.policy == "idle-poll",
+            policy.exit_cost_ns,
+            recorder,
+            spec["safety_timeout_ms"],
+        )
+        guest.run(spec["workload"], v, req, index, spec["interval_ns"])
+        ctl.send(msgpack.packb({"kind": "report", "who": "vcpu", "index": index, **recorder.payload()}))
+    except Exception as exc:  # one line for the user; hostd reports which vCPU failed
+        sys.stderr.write(f"vcpu{index}: {type(exc).__name__}: {exc}\n")
+        return 1
+    finally:
+        for s in (kick, req, ctl):
+            s.close(linger=2000)
+        ctx.term()
+    return 0
