@@ -161,6 +161,8 @@ def policy_spec_from_args(args: argparse.Namespace) -> PolicySpec:
     else:
         host = "none" if policy == "idle-poll" else policy
 
+    if args.tsc_khz is not None:
+        tsc_khz_from_args(args)  # a bad --tsc-khz is an error even when no cycles need converting
     halt_poll_ns = _host_budget(args, policy, host)
 
     if host != "adaptive":
@@ -186,7 +188,7 @@ def policy_spec_from_args(args: argparse.Namespace) -> PolicySpec:
             raise UsageError(f"--guest-halt-poll-allow-shrink: must be Y or N, "
                              f"got {args.guest_halt_poll_allow_shrink!r}")
         spec.guest_halt_poll_allow_shrink = flag
-    spec.exit_cost_ns = _param(args.exit_cost_ns, "--exit-cost-ns", 0, hi=None)
+    spec.exit_cost_ns = _param(args.exit_cost_ns, "--exit-cost-ns", spec.exit_cost_ns, hi=None)
     return spec
 
 
@@ -195,7 +197,8 @@ def _host_budget(args: argparse.Namespace, policy: str, host: str) -> int:
     given = "--halt-poll-ns" if args.halt_poll_ns is not None else "--halt-poll" if args.halt_poll is not None else None
     if host == "none":
         if given:
-            hint = "choose a host side with --host-policy" if policy == "guest-haltpoll" else "use --policy fixed or adaptive"
+            hint = ("choose a host side with --host-policy" if policy == "guest-haltpoll"
+                    else "use --policy fixed or adaptive")
             raise UsageError(f"{given}: --policy {policy} does not poll on the host; {hint}")
         return 0
     if args.halt_poll_ns is not None:

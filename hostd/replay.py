@@ -158,7 +158,7 @@ def format_rows(rows: list[dict]) -> list[str]:
 
     table = [["#", *keys]] + [[str(i), *(cell(r[k]) for k in keys)] for i, r in shown]
     widths = [max(len(line[c]) for line in table) for c in range(len(keys) + 1)]
-    out = ["  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in table]
+    out = ["  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)) for line in table]
     if omitted:
         out.insert(1 + EDGE_ROWS, f"... {omitted} more halts (--json prints every row) ...")
     return out

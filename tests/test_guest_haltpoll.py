@@ -39,6 +39,12 @@ def test_no_change_when_the_residency_was_within_the_limit_or_exactly_the_max() 
     assert limits(g, [200000]) == [200000]  # not > guest_halt_poll_ns: no shrink either
 
 
+def test_residency_exactly_the_max_still_grows() -> None:
+    g = GuestHaltPoll()
+    g.poll_limit_ns = 100000
+    assert limits(g, [200000]) == [200000]  # block_ns <= guest_halt_poll_ns is inclusive
+
+
 def test_long_residency_shrinks_and_resets_below_grow_start() -> None:
     g = GuestHaltPoll()
     limits(g, [30000, 60000, 150000])  # -> 200000

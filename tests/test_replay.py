@@ -83,20 +83,39 @@ def test_engine_idle_poll_never_exits() -> None:
 
 def test_engine_guest_haltpoll_polls_in_the_guest_first() -> None:
     spec = PolicySpec("guest-haltpoll", "none", 0, exit_cost_ns=1000)
-    result = replay(spec, [5000, 5000, 120000, 300000])
+    result = replay(spec, [5000, 5000, 120000, 230000, 300000])
+    assert [r["guest_budget_ns"] for r in result.rows] == [0, 50000, 50000, 100000, 200000]
+    assert [r["guest_polled_ok"] for r in result.rows] == [False, True, False, False, False]
+    # Past a missed guest poll the host sees halt - guest budget, and the guest reflects that plus
+    # the exit cost: 71000 and 131000 grow the limit, 101000 fits within 200000 and changes nothing.
     g = GuestHaltPoll()
-    assert [r["guest_budget_ns"] for r in result.rows] == [0, 50000, 50000, 100000]
-    assert [r["guest_polled_ok"] for r in result.rows] == [False, True, False, False]
-    # Halt 3 misses the 50000 guest poll: the host sees 70000, the guest reflects 71000 and grows;
-    # halt 4 misses 100000: 201000 > guest_halt_poll_ns shrinks it back to 50000.
-    for halted, block in [(True, 6000), (False, 0), (True, 71000), (True, 201000)]:
+    for halted, block in [(True, 6000), (False, 0), (True, 71000), (True, 131000), (True, 101000)]:
         g.reflect(halted, block)
-    assert result.rows[-1]["guest_next_budget_ns"] == g.poll_limit_ns == 50000
+    assert [r["guest_next_budget_ns"] for r in result.rows] == [50000, 50000, 100000, 200000, 200000]
+    assert result.rows[-1]["guest_next_budget_ns"] == g.poll_limit_ns
     hit = result.rows[1]
     assert (hit["budget_ns"], hit["polled_ok"]) == (None, True)
     s = result.summary
-    assert (s["exits"], s["guest_polled_ok"], s["blocks"], s["exit_cost_ns"]) == (3, 1, 3, 3000)
-    assert s["poll_cpu_ns"] == 5000 + 50000 + 100000
+    assert (s["exits"], s["guest_polled_ok"], s["blocks"], s["exit_cost_ns"]) == (4, 1, 4, 4000)
+    assert s["poll_cpu_ns"] == 5000 + 50000 + 100000 + 200000
+
+
+def test_engine_guest_residency_includes_the_exit_cost() -> None:
+    # Host halt 250000 - 50000 = 200000 would grow the guest limit; with the 1000 ns exit round
+    # trip the guest measures 201000 > guest_halt_poll_ns and shrinks 50000 -> 25000 -> reset 0.
+    rows = replay(PolicySpec("guest-haltpoll", "none", 0, exit_cost_ns=1000), [5000, 250000]).rows
+    assert [r["guest_next_budget_ns"] for r in rows] == [50000, 0]
+    rows = replay(PolicySpec("guest-haltpoll", "none", 0), [5000, 250000]).rows
+    assert [r["guest_next_budget_ns"] for r in rows] == [50000, 100000]
+
+
+def test_engine_guest_haltpoll_over_an_adaptive_host() -> None:
+    rows = replay(PolicySpec("guest-haltpoll", "adaptive", 100000), HALTS).rows
+    exited = [r for r in rows if not r["guest_polled_ok"]]
+    assert exited and len(exited) < len(rows)
+    host_halts = [r["halt_ns"] - r["guest_budget_ns"] for r in exited]
+    host_rows = [(r["budget_ns"], r["polled_ok"], r["next_budget_ns"]) for r in exited]
+    assert host_rows == direct_adaptive(100000, host_halts)
 
 
 def test_read_halts_skips_comments_and_names_bad_lines(tmp_path: Path, halts_file: Path) -> None:
@@ -198,6 +217,7 @@ def test_policy_options_parse_every_knob() -> None:
     (["--policy", "fixed", "--halt-poll-ns", "1000", "--halt-poll-ns-grow", "3"], "--halt-poll-ns-grow: used only by"),
     (["--policy", "adaptive", "--guest-halt-poll-ns", "3"], "--guest-halt-poll-ns: used only by --policy guest"),
     (["--policy", "fixed", "--tsc-khz", "0"], "--tsc-khz: must be greater than 0"),
+    (["--policy", "adaptive", "--tsc-khz", "fast"], "--tsc-khz: must be a whole number >= 0, got 'fast'"),
     (["--policy", "fixed", "--halt-poll", "4000000000", "--tsc-khz", "100"], "--halt-poll: 4000000000 cycles at"),
 ])
 def test_policy_option_errors_are_one_line_naming_the_option(argv: list[str], message: str) -> None:

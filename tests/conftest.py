@@ -1,0 +1,91 @@
+"""Shared test plumbing: run hostd as a user would, and prove nothing outlives a test."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from vcpu import abi
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def segments_of(owner_pids: set[int]) -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if abi.segment_owner(n) in owner_pids]
+
+
+def alive(pids) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+class Launcher:
+    """Starts hostd processes for one test and remembers every pid they and their children had."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.seen: set[int] = set()
+
+    def popen(self, *args: str, **kw) -> subprocess.Popen:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "hostd", *args], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, **kw,
+        )
+        self.procs.append(p)
+        self.seen.add(p.pid)
+        return p
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        p = self.popen(*args)
+        out, err = p.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+    def run_json(self, *args: str, timeout: float = 120) -> dict:
+        r = self.run(*args, "--json", timeout=timeout)
+        assert r.returncode == 0, r.stderr
+        result = json.loads(r.stdout)
+        self.seen.update(v["pid"] for v in result["vcpus"])
+        return result
+
+    def watch_children(self, p: subprocess.Popen) -> list[psutil.Process]:
+        kids = psutil.Process(p.pid).children(recursive=True)
+        self.seen.update(k.pid for k in kids)
+        return kids
+
+    def cleanup(self) -> tuple[list[int], list[str]]:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        deadline = time.monotonic() + 5
+        while alive(self.seen - {p.pid for p in self.procs}) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return alive(self.seen), segments_of(self.seen)
+
+
+@pytest.fixture
+def hostd():
+    """A launcher whose test fails if any process or /dev/shm segment it made survives."""
+    launcher = Launcher()
+    yield launcher
+    procs, segs = launcher.cleanup()
+    for pid in procs:  # never leave them behind for the next test, even when failing it
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
+    for name in segs:
+        os.unlink(f"/dev/shm/{name}")
+    assert not procs, f"processes left behind: {procs}"
+    assert not segs, f"segments left behind: {segs}"
