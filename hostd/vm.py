@@ -223,13 +223,15 @@ class Vm:
                 for cpu, states in idle_end.items()
             }
         deadline = time.monotonic() + REPORT_TIMEOUT_S
-        # The device first: after its report no injection can race the vCPUs' final tallies.
-        self._device.send(msgpack.packb((abi.REQ_STOP,)))
-        self._collect({"irqsrc"}, deadline)
+        # vCPUs first: a vCPU blocked on a deadline must never wait on a device that has
+        # stopped firing (its safety net would call that a lost wakeup). The tallies are read
+        # from shared memory once both sides have stopped, so the order cannot skew them.
         self.words[abi.H_STOP] = 1
         for k in self._kicks:
             k.send(b"\x00")
         self._collect({f"vcpu{i}" for i in range(self.spec.vcpus)}, deadline)
+        self._device.send(msgpack.packb((abi.REQ_STOP,)))
+        self._collect({"irqsrc"}, deadline)
         for c in self.children:
             try:
                 c.proc.wait(max(0.1, deadline - time.monotonic()))

@@ -1,0 +1,69 @@
+"""Teardown on every path: a dead child, Ctrl-C, SIGTERM. Nothing may survive."""
+import signal
+import time
+
+import psutil
+
+
+def _wait_for_vcpus(hostd, p, n):
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        kids = [k for k in hostd.watch_children(p) if k.name().startswith("vm0/")]
+        if len(kids) == n + 1:
+            time.sleep(0.5)  # let the run get going
+            return {k.name(): k for k in kids}
+        time.sleep(0.05)
+    raise AssertionError("VM did not start")
+
+
+def test_sigkill_of_a_vcpu_is_reported_and_cleaned_up(hostd):
+    p = hostd.popen("run", "--vcpus", "2", "--workload", "timer", "--policy", "fixed", "--duration", "30")
+    procs = _wait_for_vcpus(hostd, p, 2)
+    t0 = time.monotonic()
+    procs["vm0/vcpu1"].send_signal(signal.SIGKILL)
+    out, err = p.communicate(timeout=15)
+    assert time.monotonic() - t0 < 5
+    assert p.returncode != 0
+    assert "vcpu1" in err and "SIGKILL" in err
+
+
+def test_sigkill_of_the_device_is_reported(hostd):
+    p = hostd.popen("run", "--vcpus", "1", "--workload", "idle", "--duration", "30")
+    procs = _wait_for_vcpus(hostd, p, 1)
+    procs["vm0/irqsrc"].kill()
+    out, err = p.communicate(timeout=15)
+    assert p.returncode != 0 and "irqsrc" in err
+
+
+def test_sigint_to_hostd_stops_everything(hostd):
+    p = hostd.popen("run", "--vcpus", "2", "--workload", "timer", "--policy", "fixed", "--duration", "30")
+    _wait_for_vcpus(hostd, p, 2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=15)
+    assert p.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_sigterm_to_hostd_stops_everything(hostd):
+    p = hostd.popen("run", "--vcpus", "1", "--workload", "io", "--policy", "none", "--duration", "30")
+    _wait_for_vcpus(hostd, p, 1)
+    p.terminate()
+    p.communicate(timeout=15)
+    assert p.returncode == 130
+
+
+def test_sigkill_of_hostd_takes_its_children_and_next_start_removes_the_segment(hostd):
+    p = hostd.popen("run", "--vcpus", "2", "--workload", "timer", "--policy", "fixed", "--duration", "30")
+    kids = list(_wait_for_vcpus(hostd, p, 2).values())
+    p.kill()
+    p.communicate()
+    gone, alive = psutil.wait_procs(kids, timeout=2)
+    assert not alive, "children outlived a SIGKILLed hostd"
+    import os
+    from vcpu import abi
+    left = [n for n in os.listdir("/dev/shm") if abi.segment_owner(n) == p.pid]
+    r = hostd.run("run", "--workload", "idle", "--duration", "0.5")
+    assert r.returncode == 0, r.stderr
+    for name in left:
+        assert name in r.stderr
+        assert not os.path.exists(f"/dev/shm/{name}")
