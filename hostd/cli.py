@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from hostd.errors import UsageError
+from vcpu.abi import set_process_name
 
 EXIT_USAGE = 2
 
@@ -18,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hostd import replay, run
+    from hostd import compare, replay, run, serve, stat
 
     parser = _Parser(
         prog="hostd",
@@ -28,12 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupts; hostd measures wakeup latency and host CPU per vCPU.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (run, replay):
+    for module in (run, replay, compare, serve, stat):
         module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    set_process_name("hostd")  # `python -m hostd` would otherwise show as python3 in top
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -146,13 +146,11 @@ class Vm:
                 waiting.discard("irqsrc" if msg["who"] == "irqsrc" else f"vcpu{msg['index']}")
 
     def _check_pinning(self) -> None:
-        """Every thread of a child on its CPU. ZeroMQ's I/O thread stays with its vCPU on purpose:
-        the kick then lands on the vCPU's own core, as KVM's wake-up IPI does."""
+        """Each child's main thread on its CPU (the children place their I/O threads themselves)."""
         for c in self.children:
             cpu = self.spec.device_cpu if c.index is None else self.spec.vcpu_cpus[c.index]
-            for t in psutil.Process(c.pid).threads():
-                if os.sched_getaffinity(t.id) != {cpu}:
-                    os.sched_setaffinity(t.id, {cpu})
+            if os.sched_getaffinity(c.pid) != {cpu}:
+                os.sched_setaffinity(c.pid, {cpu})
 
     # --- run ------------------------------------------------------------------------------
     def go(self) -> None:

@@ -251,6 +251,8 @@ class VCpu:
     def idle(self) -> bool:
         """Wait for the next interrupt or timer as the guest would; False once told to stop."""
         w, c = self.w, self.c
+        if w[abi.H_STOP]:  # a guest that never blocks would otherwise never look
+            return False
         now = time.monotonic_ns
         t0 = now()
         w[c["idle_periods"]] += 1

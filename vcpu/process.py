@@ -31,12 +31,19 @@ def main(argv: list[str] | None = None) -> int:
         # Pin before ZeroMQ starts its I/O thread, so that thread inherits the CPU too.
         psutil.Process().cpu_affinity([cpus[index]])
     words = abi.attach(spec["shm"])
+    # Kicks are received by an I/O thread on this vCPU's core, as KVM's wake-up IPI lands
+    # there. Requests (I/O submits, timer arms: exits the host handles) go out through a second
+    # context whose I/O thread sits on the housekeeping CPU, so a vCPU that polls right after
+    # submitting is not preempted by its own submission.
     ctx = zmq.Context()
+    out_ctx = zmq.Context()
+    if spec["device_cpu"] is not None:
+        out_ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, spec["device_cpu"])
     kick = ctx.socket(zmq.PULL)
     kick.bind(abi.kick_endpoint(args.run_dir, index))
-    req = ctx.socket(zmq.PUSH)
+    req = out_ctx.socket(zmq.PUSH)
     req.connect(abi.device_endpoint(args.run_dir))
-    ctl = ctx.socket(zmq.PUSH)
+    ctl = out_ctx.socket(zmq.PUSH)
     ctl.connect(abi.control_endpoint(args.run_dir))
     try:
         ctl.send(msgpack.packb({"kind": "ready", "who": "vcpu", "index": index, "pid": os.getpid()}))
@@ -65,4 +72,5 @@ def main(argv: list[str] | None = None) -> int:
         for s in (kick, req, ctl):
             s.close(linger=2000)
         ctx.term()
+        out_ctx.term()
     return 0

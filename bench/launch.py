@@ -1,0 +1,48 @@
+"""Launch-time probe, run as its own process: `python -m bench.launch N`.
+
+Does what `hostd run --vcpus N --workload idle --policy none` does up to the point where every
+vCPU is running its guest (the interpreter, hostd's imports, argument parsing, the segment,
+the device and vCPU processes, pinning, go), then stops and tears the VM down. Prints the
+monotonic timestamps of each step as JSON; the parent took its own stamp just before spawning.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    from hostd.cli import build_parser
+    from hostd.orphans import remove_stale_segments
+    from hostd.run import spec_from_args
+    from hostd.vm import Vm
+    from vcpu import abi
+
+    main_ns = time.monotonic_ns()
+    args = build_parser().parse_args(["run", "--vcpus", argv[0], "--workload", "idle", "--policy", "none",
+                                      "--duration", "1"])
+    spec, _ = spec_from_args(args)
+    remove_stale_segments()
+    vm = Vm(spec)
+    try:
+        vm.start()
+        started_ns = time.monotonic_ns()
+        vm.go()
+        w = vm.words
+        idle = [abi.slot_base(i) + abi.C["idle_periods"] for i in range(spec.vcpus)]
+        deadline = time.monotonic() + 30
+        while not all(w[i] for i in idle):
+            if time.monotonic() > deadline:
+                raise TimeoutError("vCPUs did not start running")
+            time.sleep(0.0002)
+        running_ns = time.monotonic_ns()
+        vm.stop()
+    finally:
+        vm.close()
+    json.dump({"main_ns": main_ns, "started_ns": started_ns, "running_ns": running_ns}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

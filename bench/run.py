@@ -1,0 +1,318 @@
+"""`python -m bench [--quick] [--json] [--out FILE]`: the emulator against its physical floors.
+
+Every figure is measured in the same run as its floor, on the same CPUs, so the ratio holds
+even on a noisy machine (the absolute numbers do not). The table goes to stdout (stderr with
+--json, when stdout carries the JSON); the JSON is also written to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+
+from bench import emu, floors, recording
+from hostd.orphans import remove_stale_segments
+
+
+@dataclass
+class Mode:
+    floor_s: float         # each ping-pong floor
+    wake_s: float          # each emulator wake-path run
+    timer_s: float         # emulator timer run and cyclictest each
+    inj_probe_s: float     # injection: the overload probe
+    inj_verify_s: float    # injection: each verification run (the "for 5 s")
+    inj_steps: int
+    launch_repeats: int
+    rec_samples: int
+    idle_s: float
+    idle_vcpus: int
+
+
+FULL = Mode(3.0, 5.0, 5.0, 2.0, 5.0, 4, 3, 1_000_000, 5.0, 2)
+QUICK = Mode(0.7, 1.0, 1.0, 0.6, 1.0, 2, 1, 200_000, 1.5, 1)
+
+INTERVAL_US = 500           # timer: the emulator's default, and cyclictest's -i
+IDLE_TICK_HZ = 100.0        # idle cost: a Windows-like 100 Hz tick ...
+IDLE_BUDGET_NS = 1_000_000  # ... and a 1 ms budget: B < 1/R, expected R*B = 10% of a core
+
+
+@dataclass
+class Figure:
+    key: str
+    label: str
+    unit: str
+    value: float | None = None
+    floor: float | None = None
+    floor_label: str = ""
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+    detail: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def _ratio(a, b):
+    return None if a is None or not b else a / b
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f"bench: {msg}\n")
+    sys.stderr.flush()
+
+
+def _guard(fig: Figure, fn) -> None:
+    try:
+        fn()
+    except Exception as exc:  # one figure failing must not hide the others
+        fig.error = f"{type(exc).__name__}: {exc}"
+        fig.met = False if fig.target else None
+        _log(f"{fig.key} failed: {fig.error}")
+        if os.environ.get("BENCH_DEBUG"):
+            traceback.print_exc()
+
+
+# --- the figures ---------------------------------------------------------------------------
+def wake_paths(m: Mode, dev_cpu: int, vcpu_cpu: int) -> list[Figure]:
+    poll = Figure("poll_path", "poll-path wake p50 (io, fixed 200us)", "ns",
+                  floor_label="shm ping-pong p50", target="ratio <= 1.5")
+    block = Figure("block_path", "block-path wake p50 (io, none)", "ns",
+                   floor_label="pipe ping-pong p50", target="ratio <= 1.5")
+    kick = Figure("block_vs_zmq", "block-path wake p50 vs ZeroMQ (info)", "ns",
+                  floor_label="zmq ipc ping-pong p50", target="")
+
+    def do_poll():
+        _log("poll-hit floor: shm ping-pong")
+        f = floors.ping_pong("shm", dev_cpu, vcpu_cpu, m.floor_s)
+        _log("emulator poll path: io --io-service-ns 0, fixed 200000 ns")
+        r = emu.io_wake(["--policy", "fixed", "--halt-poll-ns", "200000"], m.wake_s)
+        lat = r["vcpus"][0]["latency_ns"]
+        poll.value, poll.floor = lat["poll"]["p50"], f["p50"]
+        poll.ratio = _ratio(poll.value, poll.floor)
+        poll.met = poll.ratio is not None and poll.ratio <= 1.5
+        poll.detail = {"floor": f, "emulator": lat["poll"], "emulator_block": lat["block"],
+                       "checks_ok": emu.checks_ok(r), "ops_per_s": r["workload"]["ops_per_s"]}
+
+    def do_block():
+        _log("block-path floor: pipe ping-pong")
+        f = floors.ping_pong("pipe", dev_cpu, vcpu_cpu, m.floor_s)
+        _log("kick-transport floor: zmq ping-pong")
+        z = floors.ping_pong("zmq", dev_cpu, vcpu_cpu, m.floor_s)
+        _log("emulator block path: io --io-service-ns 0, none")
+        r = emu.io_wake(["--policy", "none"], m.wake_s)
+        lat = r["vcpus"][0]["latency_ns"]
+        block.value, block.floor = lat["block"]["p50"], f["p50"]
+        block.ratio = _ratio(block.value, block.floor)
+        block.met = block.ratio is not None and block.ratio <= 1.5
+        block.detail = {"floor": f, "emulator": lat["block"], "checks_ok": emu.checks_ok(r),
+                        "ops_per_s": r["workload"]["ops_per_s"]}
+        kick.value, kick.floor = block.value, z["p50"]
+        kick.ratio = _ratio(kick.value, kick.floor)
+        kick.detail = {"floor": z}
+
+    _guard(poll, do_poll)
+    _guard(block, do_block)
+    if block.error:
+        kick.error = block.error
+    return [poll, block, kick]
+
+
+def timer(m: Mode, vcpu_cpu: int) -> Figure:
+    fig = Figure("timer", f"timer latency p50 (none, {INTERVAL_US} us)", "ns",
+                 floor_label="cyclictest SCHED_OTHER p50", target="")
+
+    def do():
+        _log(f"kernel timer floor: cyclictest on CPU {vcpu_cpu}, {INTERVAL_US} us")
+        c = floors.cyclictest(vcpu_cpu, INTERVAL_US, m.timer_s)
+        _log("emulator timer: --workload timer --policy none")
+        r = emu.timer(INTERVAL_US, m.timer_s)
+        fig.value = r["workload"]["latency_ns"]["p50"]
+        fig.detail = {"emulator": r["workload"]["latency_ns"], "device_lateness": r["device"]["timer_lateness_ns"],
+                      "checks_ok": emu.checks_ok(r)}
+        if c is None:
+            fig.floor_label = "cyclictest missing (apt install rt-tests): skipped"
+            fig.detail["cyclictest"] = "missing"
+            _log("cyclictest not found: the kernel timer floor is skipped (apt install rt-tests)")
+            return
+        fig.floor = c["p50"]
+        fig.ratio = _ratio(fig.value, fig.floor)
+        fig.detail["cyclictest"] = c
+
+    _guard(fig, do)
+    return fig
+
+
+def injection(m: Mode, ceiling: dict) -> list[Figure]:
+    figs = []
+    for n in (1, 2, 4):
+        fig = Figure(f"injection_{n}vcpu", f"injection sustained, {n} vCPU{'s' if n > 1 else ''}", "irq/s",
+                     floor_label="device inject() ceiling", target=">= 50000/s" if n == 2 else "")
+
+        def do(fig=fig, n=n):
+            _log(f"injection throughput: {n} vCPU(s), idle tick sweep")
+            res = emu.injection(n, m.inj_probe_s, m.inj_verify_s, steps=m.inj_steps)
+            fig.value = res["rate_per_s"]
+            fig.floor = round(ceiling["per_s"])
+            fig.ratio = _ratio(fig.value, fig.floor)
+            if n == 2:
+                fig.met = fig.value >= 50_000
+            fig.detail = res
+
+        _guard(fig, do)
+        figs.append(fig)
+    return figs
+
+
+def launch(m: Mode) -> list[Figure]:
+    figs = []
+    for n in (1, 4):
+        fig = Figure(f"launch_{n}vcpu", f"launch, {n} vCPU{'s' if n > 1 else ''}", "s",
+                     floor_label=f"spawn {n + 1} python children", target="<= 1.5 s" if n == 4 else "")
+
+        def do(fig=fig, n=n):
+            _log(f"launch time: {n} vCPU(s)")
+            runs = sorted((emu.launch(n) for _ in range(m.launch_repeats)), key=lambda d: d["launch_s"])
+            floor = sorted(emu.launch_floor(n + 1) for _ in range(m.launch_repeats))
+            med = runs[len(runs) // 2]
+            fig.value = med["launch_s"]
+            fig.floor = floor[len(floor) // 2]
+            fig.ratio = _ratio(fig.value, fig.floor)
+            if n == 4:
+                fig.met = fig.value <= 1.5
+            fig.detail = {"median_run": med, "runs_s": [r["launch_s"] for r in runs], "floor_runs_s": floor}
+
+        _guard(fig, do)
+        figs.append(fig)
+    return figs
+
+
+def record(m: Mode) -> Figure:
+    fig = Figure("recording", "recording cost per wake sample", "ns",
+                 floor_label="one array('q') store", target="<= 300 ns")
+
+    def do():
+        _log("recording cost: Recorder write sequence of VCpu._wake")
+        r = recording.measure(m.rec_samples)
+        fig.value, fig.floor = r["ns_per_sample"], r["floor_ns_per_store"]
+        fig.ratio = _ratio(fig.value, fig.floor)
+        fig.met = fig.value <= 300
+        fig.detail = r
+
+    _guard(fig, do)
+    return fig
+
+
+def idle_cost(m: Mode) -> Figure:
+    fig = Figure("idle_cost", f"idle extra CPU/vCPU ({IDLE_TICK_HZ:g} Hz, fixed {IDLE_BUDGET_NS // 1000} us)",
+                 "core", floor_label="expected R x B", target="ratio 0.8-1.25")
+
+    def do():
+        _log(f"idle cost: {m.idle_vcpus} vCPU(s), {IDLE_TICK_HZ:g} Hz, none vs fixed {IDLE_BUDGET_NS} ns")
+        r = emu.idle_cost(m.idle_vcpus, IDLE_TICK_HZ, IDLE_BUDGET_NS, m.idle_s)
+        fig.value = r["extra_cpu_frac"]
+        fig.floor = r["expected_cpu_frac"]
+        fig.ratio = _ratio(fig.value, fig.floor)
+        fig.met = fig.ratio is not None and 0.8 <= fig.ratio <= 1.25
+        fig.detail = r
+
+    _guard(fig, do)
+    return fig
+
+
+# --- output --------------------------------------------------------------------------------
+def _fmt(v, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v:.3f} s"
+    if unit == "core":
+        return f"{v * 100:.2f}%"
+    if unit == "irq/s":
+        return f"{v:,.0f}/s"
+    if v >= 10_000:
+        return f"{v / 1000:,.1f} us"
+    return f"{v:,.0f} ns"
+
+
+def table(figs: list[Figure]) -> str:
+    rows = [("figure", "value", "floor", "ratio", "target", "met?")]
+    for f in figs:
+        floor = f"{_fmt(f.floor, f.unit)} ({f.floor_label})" if f.floor is not None else f.floor_label or "-"
+        met = "-" if f.met is None else ("yes" if f.met else "NO")
+        value = _fmt(f.value, f.unit) if not f.error else f"error: {f.error[:60]}"
+        rows.append((f.label, value, floor, "-" if f.ratio is None else f"{f.ratio:.2f}", f.target or "-", met))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for j, r in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(r)) + " |")
+        if j == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="reduced mode: about 30 s instead of a few minutes")
+    ap.add_argument("--json", action="store_true", help="print the JSON on stdout (the table goes to stderr)")
+    ap.add_argument("--out", default="bench-results.json", metavar="FILE",
+                    help="write the JSON here (default bench-results.json; '-' for none)")
+    args = ap.parse_args(argv)
+    m = QUICK if args.quick else FULL
+    t0 = time.monotonic()
+    remove_stale_segments()
+    vcpu_cpus, dev_cpu = emu.placement(1)
+    vcpu_cpu = vcpu_cpus[0] if vcpu_cpus else 0
+    dev_cpu = 0 if dev_cpu is None else dev_cpu
+    _log(f"{'quick' if args.quick else 'full'} run on {os.cpu_count()} CPUs; device CPU {dev_cpu}, vCPU CPU {vcpu_cpu}")
+
+    figs: list[Figure] = []
+    figs += wake_paths(m, dev_cpu, vcpu_cpu)
+    figs.append(timer(m, vcpu_cpu))
+    affinity = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {dev_cpu})
+        ceiling = floors.inject_ceiling(20_000 if args.quick else 100_000)
+    finally:
+        os.sched_setaffinity(0, affinity)
+    figs += injection(m, ceiling)
+    figs += launch(m)
+    figs.append(record(m))
+    figs.append(idle_cost(m))
+
+    leftovers = emu.no_leftovers()
+    result = {
+        "mode": "quick" if args.quick else "full",
+        "machine": {"cpus": os.cpu_count(), "processor": _cpu_model(), "python": platform.python_version(),
+                    "kernel": platform.release()},
+        "placement": {"device_cpu": dev_cpu, "vcpu_cpu": vcpu_cpu},
+        "injection_ceiling": ceiling,
+        "figures": [asdict(f) for f in figs],
+        "elapsed_s": round(time.monotonic() - t0, 1),
+        "leftover_segments": leftovers,
+    }
+    text = table(figs)
+    print(text, file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    if args.out != "-":
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+    _log(f"done in {result['elapsed_s']} s")
+    return 1 if any(f.error for f in figs) or leftovers else 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

@@ -1,0 +1,656 @@
+"""`hostd compare`: the 2015 halt_poll patch's experiment, measured here, beside the seed's figures.
+
+Three experiments, every policy in each, repeated and interleaved (repeat outermost, the policy
+order rotated each repeat, so drift over the run hits every policy alike):
+
+- io:    1 vCPU, real O_DSYNC writes; writes/s per policy and as % of idle-poll (per repeat,
+         against the idle-poll run of the same repeat), halt_successful_poll / halt_exits;
+- idle:  a 4-vCPU idle guest; host CPU per idle vCPU (% of one core), halts/s, failed polls/s;
+- timer: 1 vCPU, TSC-deadline test; wake - deadline p50/p99/max in ns and TSC cycles.
+
+Each table cell is the median of the repeats with the min-max beside it. Every measured number
+comes from a run stored whole (the DESIGN §8 result) in results.json; the only constants shown
+are the seed's quoted figures, labelled as the seed's. The aggregation and the verdict are pure
+functions of those results, unit-tested without processes.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io as _io
+import json
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from hostd.errors import UsageError
+from hostd.orphans import remove_stale_segments
+from hostd.output import atomic_write, write_json
+from hostd.policy_options import cycles_to_ns, tsc_khz_from_args
+from hostd.spec import DEFAULT_INTERVAL_US, DEFAULT_TICK_HZ, VmSpec, _float, _int, place
+from vcpu.policy import KVM_HALT_POLL_NS_DEFAULT, POLICIES, SEED_HALT_POLL_CYCLES, U32_MAX, PolicySpec
+
+EXIT_CHECK_FAILED = 1
+EXIT_SIGNAL = 130
+
+EXPERIMENTS = ("io", "idle", "timer")
+EXPERIMENT_POLICIES = {
+    "io": POLICIES,  # none, fixed, adaptive, guest-haltpoll, idle-poll
+    "idle": POLICIES,
+    "timer": ("none", "fixed", "adaptive"),
+}
+IDLE_VCPUS = 4
+DEFAULT_REPEAT = 3
+# Seconds measured per cell. Defaults: 13 cells x 3 repeats, ~2 min on 2 cores with start-up.
+# Quick: one repeat, ~30 s. Idle cells are long enough for several ticks of every vCPU at the
+# default 2.5 Hz tick (5+ halts per vCPU per idle cell).
+DURATIONS = {
+    False: {"io": 2.5, "idle": 3.0, "timer": 2.0},
+    True: {"io": 1.5, "idle": 2.0, "timer": 1.0},
+}
+# Estimated start-up + teardown per cell, only for the progress bar's ETA.
+CELL_OVERHEAD_S = 0.6
+
+# The seed's own figures (DESIGN §7): constants, shown only in "seed" columns and labelled so.
+SEED = {
+    "source": "Bonzini 2015, 'kvm: x86: add halt_poll module parameter' (figures quoted, not measured here)",
+    "io": {
+        "none": "KVM ~30% of bare metal (~50% with cache=directsync)",
+        "fixed": "60-65% of bare metal, 99% of idle=poll",
+        "idle-poll": "100% (the reference)",
+    },
+    "io_fixed_pct_of_idle_poll": 99.0,
+    "idle": {
+        "fixed": "1.5-2.5% of a core; ~10 halts/s, nearly all failed polls",
+    },
+    "idle_fixed_cpu_pct_range": [1.5, 2.5],
+    "idle_halts_per_s_4vcpu": 10,
+    "timer": {
+        "none": "20,000-120,000 cycles",
+        "fixed": "8,000-10,000 cycles",
+    },
+    "timer_cycles_with_poll": [8000, 10000],
+    "timer_cycles_without_poll": [20000, 120000],
+}
+
+
+# --- plan -------------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    quick: bool
+    repeat: int
+    tick_hz: float
+    tsc_khz: int
+    out: str
+    durations: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fixed_ns(self) -> int:
+        return cycles_to_ns(SEED_HALT_POLL_CYCLES, self.tsc_khz)
+
+    def policy_spec(self, policy: str) -> PolicySpec:
+        if policy == "fixed":
+            return PolicySpec(policy="fixed", host_policy="fixed", halt_poll_ns=self.fixed_ns)
+        if policy == "adaptive":
+            return PolicySpec(policy="adaptive", host_policy="adaptive", halt_poll_ns=KVM_HALT_POLL_NS_DEFAULT)
+        # none; guest-haltpoll (the haltpoll driver turns host polling off); idle-poll (never halts)
+        return PolicySpec(policy=policy, host_policy="none", halt_poll_ns=0)
+
+    def vm_spec(self, experiment: str, policy: str) -> VmSpec:
+        vcpus = IDLE_VCPUS if experiment == "idle" else 1
+        vcpu_cpus, device_cpu, overcommit = place(vcpus, None, None, False)
+        duration = self.durations[experiment]
+        spec = VmSpec(vm="vm0", vcpus=vcpus, workload=experiment, policy=self.policy_spec(policy),
+                      vcpu_cpus=vcpu_cpus, device_cpu=device_cpu, overcommit=overcommit,
+                      tick_hz=self.tick_hz, duration_s=duration)
+        spec.sample_capacity = int(min(4_000_000, max(65_536, duration * 200_000)))
+        return spec
+
+    def schedule(self) -> list[tuple[int, str, str]]:
+        """(repeat, experiment, policy) in run order: repeats outermost, policies rotated per repeat."""
+        out = []
+        for r in range(1, self.repeat + 1):
+            for exp in EXPERIMENTS:
+                pols = list(EXPERIMENT_POLICIES[exp])
+                k = (r - 1) % len(pols)
+                for pol in pols[k:] + pols[:k]:
+                    out.append((r, exp, pol))
+        return out
+
+
+def run_id(experiment: str, policy: str, repeat: int) -> str:
+    return f"{experiment}/{policy}/r{repeat}"
+
+
+# --- pure aggregation ---------------------------------------------------------------------------
+
+def summarize(values: list[float | None]) -> dict:
+    """Median and min-max of the runs' values; None values (no sample) are left out."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def run_metrics(result: dict) -> dict:
+    """The figures compare reports from one run's §8 result."""
+    w = result["workload"]
+    vcpus = result["vcpus"]
+    if w["name"] == "io":
+        exits = sum(v["stats"]["halt_exits"] for v in vcpus)
+        ok = sum(v["stats"]["halt_successful_poll"] for v in vcpus)
+        lat = vcpus[0]["latency_ns"]["all"]
+        seconds = result["spec"]["duration_s"]
+        return {
+            "writes_per_s": w["ops_per_s"],
+            "halt_exits": exits,
+            "exits_per_s": exits / seconds if seconds else None,
+            "halt_successful_poll": ok,
+            "poll_success_pct": 100.0 * ok / exits if exits else None,
+            "wake_p50_ns": lat["p50"],
+            "wake_p99_ns": lat["p99"],
+        }
+    if w["name"] == "idle":
+        return {
+            "cpu_pct_per_vcpu": 100.0 * w["cpu_frac_per_vcpu"],
+            "halts_per_s": w["halts_per_s"],
+            "failed_polls_per_s": w["failed_polls_per_s"],
+        }
+    ns, cy = w["latency_ns"], w["latency_cycles"]
+    return {
+        "p50_ns": ns["p50"], "p99_ns": ns["p99"], "max_ns": ns["max"],
+        "p50_cycles": cy["p50"], "p99_cycles": cy["p99"], "max_cycles": cy["max"],
+        "wakes": ns["count"],
+    }
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """summary[experiment][policy][metric] = {median, min, max, n, runs}.
+
+    `runs` items: {"id", "experiment", "policy", "repeat", "metrics"}. io's pct_of_idle_poll is
+    computed per repeat against that repeat's idle-poll run, then summarised like the rest.
+    """
+    summary: dict[str, dict[str, dict]] = {}
+    by_cell: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        by_cell.setdefault((run["experiment"], run["policy"]), []).append(run)
+    idle_poll_io = {r["repeat"]: r for r in by_cell.get(("io", "idle-poll"), [])}
+    for (exp, pol), cell in by_cell.items():
+        cell = sorted(cell, key=lambda r: r["repeat"])
+        metrics: dict[str, dict] = {}
+        for name in cell[0]["metrics"]:
+            s = summarize([r["metrics"].get(name) for r in cell])
+            s["runs"] = [r["id"] for r in cell]
+            metrics[name] = s
+        if exp == "io" and idle_poll_io:
+            pct, ids = [], []
+            for r in cell:
+                ref = idle_poll_io.get(r["repeat"])
+                if ref is None:
+                    continue
+                base = ref["metrics"]["writes_per_s"]
+                pct.append(100.0 * r["metrics"]["writes_per_s"] / base if base else None)
+                ids += [r["id"]] + ([ref["id"]] if ref is not r else [])
+            s = summarize(pct)
+            s["runs"] = ids
+            metrics["pct_of_idle_poll"] = s
+        summary.setdefault(exp, {})[pol] = metrics
+    # A stable order: experiments, then policies, as run.
+    return {exp: {p: summary[exp][p] for p in EXPERIMENT_POLICIES[exp] if p in summary.get(exp, {})}
+            for exp in EXPERIMENTS if exp in summary}
+
+
+def medians(summary: dict) -> dict:
+    """summary reduced to its medians: m[experiment][policy][metric] -> number or None."""
+    return {exp: {pol: {k: v["median"] for k, v in ms.items()} for pol, ms in pols.items()}
+            for exp, pols in summary.items()}
+
+
+# --- the verdict: computed from the medians ---------------------------------------------------------
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0f}%"
+
+
+def _core(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}% of a core"
+
+
+def _cyc(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:,.0f} cycles"
+
+
+def verdict(m: dict, fixed_ns: int, overcommit: bool = False, cores: int | None = None) -> str:
+    """One paragraph from the measured medians `m` (see medians()); seed figures named as such."""
+    io, idle, timer = m.get("io", {}), m.get("idle", {}), m.get("timer", {})
+    g = lambda d, p, k: d.get(p, {}).get(k)  # noqa: E731
+    parts = []
+
+    f_pct, n_pct = g(io, "fixed", "pct_of_idle_poll"), g(io, "none", "pct_of_idle_poll")
+    f_cpu, n_cpu = g(idle, "fixed", "cpu_pct_per_vcpu"), g(idle, "none", "cpu_pct_per_vcpu")
+    f_w, n_w = g(io, "fixed", "writes_per_s"), g(io, "none", "writes_per_s")
+    s = (f"fixed polling (the seed's 2,000,000 cycles = {fixed_ns / 1000:,.0f} us here) reached "
+         f"{_pct(f_pct)} of idle-poll's writes/s (seed: 99%)")
+    if f_w and n_w:
+        s += f", {f_w / n_w:.1f}x the {n_w:,.0f} writes/s of no polling ({_pct(n_pct)} of idle-poll)"
+    s += f", at {_core(f_cpu)} per idle vCPU against {_core(n_cpu)} without polling (seed: 1.5-2.5%)."
+    parts.append(s)
+
+    others = []
+    for p in ("adaptive", "guest-haltpoll"):
+        if p in io or p in idle:
+            others.append(f"{p} {_pct(g(io, p, 'pct_of_idle_poll'))} at {_core(g(idle, p, 'cpu_pct_per_vcpu'))}")
+    ip_cpu = g(idle, "idle-poll", "cpu_pct_per_vcpu")
+    if others:
+        parts.append("For comparison, " + "; ".join(others) +
+                     (f"; idle-poll itself costs {_core(ip_cpu)} per idle vCPU" if ip_cpu is not None else "") + ".")
+
+    f_t, n_t, a_t = g(timer, "fixed", "p50_cycles"), g(timer, "none", "p50_cycles"), g(timer, "adaptive", "p50_cycles")
+    if f_t is not None and n_t is not None:
+        ratio = f", {n_t / f_t:,.0f}x lower" if f_t > 0 and n_t > f_t else ""
+        t = (f"Timer wake - deadline p50: {_cyc(f_t)} with fixed vs {_cyc(n_t)} without polling{ratio}"
+             f" (seed: 8,000-10,000 vs 20,000-120,000)")
+        if a_t is not None:
+            t += f"; adaptive {_cyc(a_t)}"
+        parts.append(t + ".")
+
+    f_h, f_fail = g(idle, "fixed", "halts_per_s"), g(idle, "fixed", "failed_polls_per_s")
+    if f_h:
+        parts.append(f"The idle {IDLE_VCPUS}-vCPU guest halted {f_h:.1f} times/s with fixed polling and "
+                     f"{100 * (f_fail or 0) / f_h:.0f}% of those polls failed (seed: ~10/s, nearly all failed).")
+
+    if f_pct is not None:
+        if f_pct >= 95:
+            claim = "The seed's headline, near idle=poll throughput from polling, is reproduced here"
+        elif f_pct >= 80:
+            claim = "The seed's headline, near idle=poll throughput from polling, is largely reproduced here"
+        else:
+            claim = "The seed's headline, near idle=poll throughput from polling, is not reproduced here"
+        if f_cpu is not None:
+            lo, hi = SEED["idle_fixed_cpu_pct_range"]
+            where = "below" if f_cpu < lo else "within" if f_cpu <= hi else "above"
+            claim += f", at an idle cost {where} the seed's 1.5-2.5% per vCPU"
+        parts.append(claim + ".")
+    if overcommit:
+        parts.append(f"The idle guest was overcommitted ({IDLE_VCPUS} vCPUs + device on "
+                     f"{cores if cores else 'fewer'} CPUs), so a busy vCPU's figure is its share of a shared core.")
+    return " ".join(parts)
+
+
+# --- formatting -------------------------------------------------------------------------------------
+
+def _num(x: float | None, digits: int = 0) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def cell(s: dict | None, digits: int = 0, unit: str = "", spread: bool = True) -> str:
+    """'median (min-max)' of a summarized metric."""
+    if not s or s.get("median") is None:
+        return "-"
+    text = f"{_num(s['median'], digits)}{unit}"
+    if spread and s["n"] > 1:
+        text += f" ({_num(s['min'], digits)}-{_num(s['max'], digits)})"
+    return text
+
+
+# --- measuring ----------------------------------------------------------------------------------------
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+class _Progress:
+    """A rich progress bar on stderr whose total is the planned seconds (so the ETA is real time);
+    a thread moves it along during each cell. Without a terminal: one line per finished cell."""
+
+    def __init__(self, weights: list[float], enabled: bool) -> None:
+        self.live = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self.total = sum(weights)
+        self.done = 0.0
+        self.bar = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "_Progress":
+        if self.live:
+            from rich.console import Console
+            from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=False)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("starting", total=self.total)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._end_cell()
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def start_cell(self, label: str, weight: float) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(self.task, description=label, completed=self.done)
+        self._stop.clear()
+        t0 = time.monotonic()
+
+        def tick() -> None:
+            while not self._stop.wait(0.2):
+                self.bar.update(self.task, completed=self.done + min(time.monotonic() - t0, 0.97 * weight))
+
+        self._thread = threading.Thread(target=tick, daemon=True)
+        self._thread.start()
+
+    def _end_cell(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def end_cell(self, weight: float, line: str) -> None:
+        self._end_cell()
+        self.done += weight
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done)
+        elif self.enabled:
+            sys.stderr.write(f"{line}\n")
+            sys.stderr.flush()
+
+
+def _measure_cell(plan: Plan, exp: str, pol: str):
+    """One run: (§8 result, pooled wake-latency samples in ns). Retries once if a child died."""
+    import numpy as np
+
+    from hostd.results import vcpu_samples
+    from hostd.run import measure
+    from hostd.vm import ChildDied
+
+    for attempt in (1, 2):
+        spec = plan.vm_spec(exp, pol)
+        try:
+            result, vm = measure(spec, plan.tsc_khz, progress=False)
+        except (ChildDied, TimeoutError) as exc:
+            if attempt == 2:
+                raise
+            sys.stderr.write(f"hostd: {exp}/{pol}: {exc}; retrying the run once\n")
+            continue
+        samples = np.concatenate([vcpu_samples(vm, i)[0] for i in range(spec.vcpus)])
+        return result, samples
+    raise AssertionError("unreachable")
+
+
+def measure_all(plan: Plan, progress: bool) -> tuple[list[dict], dict]:
+    """Run every cell of the plan; returns (runs, samples[(experiment, policy)] -> [arrays])."""
+    from hostd.report import check_failures
+
+    schedule = plan.schedule()
+    weights = [plan.durations[exp] + CELL_OVERHEAD_S for _, exp, _ in schedule]
+    runs: list[dict] = []
+    samples: dict[tuple[str, str], list] = {}
+    with _Progress(weights, progress) as bar:
+        for k, ((rep, exp, pol), weight) in enumerate(zip(schedule, weights), 1):
+            rid = run_id(exp, pol, rep)
+            bar.start_cell(f"[{k}/{len(schedule)}] {exp:<5} {pol:<14} repeat {rep}/{plan.repeat}", weight)
+            result, lat = _measure_cell(plan, exp, pol)
+            metrics = run_metrics(result)
+            runs.append({"id": rid, "experiment": exp, "policy": pol, "repeat": rep, "order": k,
+                         "metrics": metrics, "check_failures": check_failures(result), "result": result})
+            samples.setdefault((exp, pol), []).append(lat)
+            bar.end_cell(weight, f"  [{k}/{len(schedule)}] {rid}: {_brief(metrics)}")
+    return runs, samples
+
+
+def _brief(m: dict) -> str:
+    if "writes_per_s" in m:
+        return f"{m['writes_per_s']:,.0f} writes/s"
+    if "cpu_pct_per_vcpu" in m:
+        return f"{m['cpu_pct_per_vcpu']:.2f}% of a core per vCPU, {m['halts_per_s']:.1f} halts/s"
+    return f"p50 {_num(m['p50_ns'])} ns"
+
+
+# --- output -------------------------------------------------------------------------------------------
+
+CSV_COLUMNS = {
+    "io": ("writes_per_s", "pct_of_idle_poll", "poll_success_pct", "halt_exits", "halt_successful_poll", "exits_per_s",
+           "wake_p50_ns", "wake_p99_ns"),
+    "idle": ("cpu_pct_per_vcpu", "halts_per_s", "failed_polls_per_s"),
+    "timer": ("p50_ns", "p99_ns", "max_ns", "p50_cycles", "p99_cycles", "max_cycles", "wakes"),
+}
+
+
+def summary_csv(exp: str, summary: dict) -> str:
+    buf = _io.StringIO()
+    w = csv.writer(buf)
+    cols = CSV_COLUMNS[exp]
+    w.writerow(["policy", "n_runs"] + [f"{c}_{s}" for c in cols for s in ("median", "min", "max")])
+    for pol, ms in summary.get(exp, {}).items():
+        n = max((ms[c]["n"] for c in cols if c in ms), default=0)
+        row = [pol, n]
+        for c in cols:
+            s = ms.get(c, {})
+            row += [s.get("median"), s.get("min"), s.get("max")]
+        w.writerow(["" if v is None else v for v in row])
+    return buf.getvalue()
+
+
+def runs_csv(exp: str, runs: list[dict]) -> str:
+    buf = _io.StringIO()
+    w = csv.writer(buf)
+    cols = [c for c in CSV_COLUMNS[exp] if c != "pct_of_idle_poll"]
+    w.writerow(["run", "policy", "repeat", "order", "duration_s", "overcommit"] + cols)
+    for r in runs:
+        if r["experiment"] != exp:
+            continue
+        spec = r["result"]["spec"]
+        w.writerow([r["id"], r["policy"], r["repeat"], r["order"], spec["duration_s"], spec["overcommit"]]
+                   + ["" if r["metrics"].get(c) is None else r["metrics"][c] for c in cols])
+    return buf.getvalue()
+
+
+def placement(plan: Plan) -> dict:
+    out = {}
+    for exp in EXPERIMENTS:
+        vcpus = IDLE_VCPUS if exp == "idle" else 1
+        vcpu_cpus, device_cpu, overcommit = place(vcpus, None, None, False)
+        out[exp] = {"vcpus": vcpus, "vcpu_cpus": vcpu_cpus, "device_cpu": device_cpu, "overcommit": overcommit}
+    return out
+
+
+def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float) -> dict:
+    summary = aggregate(runs)
+    place_ = placement(plan)
+    cpus = len(os.sched_getaffinity(0))
+    failures = [f"{r['id']}: {f}" for r in runs for f in r["check_failures"]]
+    return {
+        "command": "hostd compare",
+        "started_utc": started,
+        "elapsed_s": round(elapsed_s, 1),
+        "config": {
+            "quick": plan.quick,
+            "repeat": plan.repeat,
+            "durations_s": plan.durations,
+            "tick_hz": plan.tick_hz,
+            "tsc_khz": plan.tsc_khz,
+            "fixed_halt_poll_cycles": SEED_HALT_POLL_CYCLES,
+            "fixed_halt_poll_ns": plan.fixed_ns,
+            "adaptive_halt_poll_ns": KVM_HALT_POLL_NS_DEFAULT,
+            "host_cpus": cpus,
+            "placement": place_,
+            "order": "repeat outermost; experiments io, idle, timer; policy order rotated by one each repeat",
+        },
+        "summary": summary,
+        "verdict": verdict(medians(summary), plan.fixed_ns, place_["idle"]["overcommit"], cpus),
+        "seed": SEED,
+        "checks": {"ok": not failures, "failures": failures},
+        "runs": runs,
+    }
+
+
+def print_tables(doc: dict, out) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=out, width=None if out.isatty() else 150)
+    cfg, s = doc["config"], doc["summary"]
+    reps = cfg["repeat"]
+    spread = " (min-max)" if reps > 1 else ""
+    console.print(
+        f"[bold]hostd compare[/bold]: median of {reps} run(s) per cell{', --quick' if cfg['quick'] else ''}; "
+        f"fixed = {SEED_HALT_POLL_CYCLES:,} cycles = {cfg['fixed_halt_poll_ns']:,} ns at {cfg['tsc_khz']:,} kHz; "
+        f"adaptive max {cfg['adaptive_halt_poll_ns']:,} ns; [italic]seed[/italic] = the 2015 patch's quoted figures, "
+        f"not measured here")
+
+    io = s.get("io", {})
+    t = Table(title=f"Latency-bound O_DSYNC writes (1 vCPU, {cfg['durations_s']['io']:g} s per run)",
+              title_justify="left")
+    for col, j in ((f"policy", "left"), (f"writes/s{spread}", "right"), (f"% of idle-poll{spread}", "right"),
+                   ("successful polls / exits", "right"), ("exits/s", "right"), ("seed (2015)", "left")):
+        t.add_column(col, justify=j, style="dim italic" if col.startswith("seed") else None)
+    for pol, m in io.items():
+        t.add_row(pol, cell(m["writes_per_s"]), cell(m.get("pct_of_idle_poll"), 0, "%"),
+                  cell(m["poll_success_pct"], 0, "%", spread=False) if m["halt_exits"]["median"] else "no exits",
+                  cell(m["exits_per_s"], spread=False), SEED["io"].get(pol, ""))
+    console.print(t)
+
+    idle = s.get("idle", {})
+    pl = cfg["placement"]["idle"]
+    oc = (f"; overcommitted: {pl['vcpus']} vCPUs + device on {cfg['host_cpus']} CPUs "
+          f"(vCPUs on CPU(s) {sorted(set(pl['vcpu_cpus']))}, device on {pl['device_cpu']})") if pl["overcommit"] else ""
+    t = Table(title=f"Idle cost: {IDLE_VCPUS}-vCPU idle guest, tick {cfg['tick_hz']:g} Hz per vCPU, "
+              f"{cfg['durations_s']['idle']:g} s per run{oc}", title_justify="left")
+    for col, j in (("policy", "left"), (f"host CPU per idle vCPU, % of a core{spread}", "right"),
+                   (f"halts/s{spread}", "right"), (f"failed polls/s{spread}", "right"), ("seed (2015)", "left")):
+        t.add_column(col, justify=j, style="dim italic" if col.startswith("seed") else None)
+    for pol, m in idle.items():
+        t.add_row(pol, cell(m["cpu_pct_per_vcpu"], 2, "%"), cell(m["halts_per_s"], 1),
+                  cell(m["failed_polls_per_s"], 1), SEED["idle"].get(pol, ""))
+    console.print(t)
+
+    timer = s.get("timer", {})
+    t = Table(title=f"TSC-deadline timer: wake - deadline (1 vCPU, {DEFAULT_INTERVAL_US} us deadlines, "
+              f"{cfg['durations_s']['timer']:g} s per run)", title_justify="left")
+    for col, j in (("policy", "left"), (f"p50 ns{spread}", "right"), ("p50 cycles", "right"),
+                   (f"p99 ns{spread}", "right"), ("p99 cycles", "right"), (f"max ns{spread}", "right"),
+                   ("max cycles", "right"), ("seed (2015)", "left")):
+        t.add_column(col, justify=j, style="dim italic" if col.startswith("seed") else None)
+    for pol, m in timer.items():
+        t.add_row(pol, cell(m["p50_ns"]), cell(m["p50_cycles"], spread=False), cell(m["p99_ns"]),
+                  cell(m["p99_cycles"], spread=False), cell(m["max_ns"]), cell(m["max_cycles"], spread=False),
+                  SEED["timer"].get(pol, ""))
+    console.print(t)
+
+    console.print(Text("Verdict: ", style="bold") + Text(doc["verdict"]))
+    if not doc["checks"]["ok"]:
+        console.print(Text("Checks FAILED: " + "; ".join(doc["checks"]["failures"]), style="bold red"))
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="the 2015 halt_poll patch's experiment, measured here, beside its own figures",
+        description="Run the seed's experiment side by side: O_DSYNC writes/s per policy as %% of "
+        "idle-poll, host CPU per idle vCPU of a 4-vCPU idle guest, and TSC-deadline timer latency; "
+        "each cell the median of --repeat interleaved runs, printed beside the 2015 patch's figures "
+        "with a verdict, and saved (results.json, CSVs, PNG plots) under --out.",
+        epilog="example: hostd compare --quick   (about 30 s)",
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="one run per cell and shorter cells (io 1.5 s, idle 2 s, timer 1 s): under 45 s")
+    p.add_argument("--repeat", metavar="N",
+                   help=f"runs per cell; each cell shows their median and min-max (default {DEFAULT_REPEAT}, "
+                   "or 1 with --quick)")
+    p.add_argument("--tick-hz", default=str(DEFAULT_TICK_HZ), metavar="HZ",
+                   help=f"idle guest tick per vCPU (default {DEFAULT_TICK_HZ}: a NOHZ Linux guest, ~10 halts/s "
+                   "for 4 vCPUs; 100 for a Windows-like guest)")
+    p.add_argument("--tsc-khz", metavar="KHZ",
+                   help="TSC rate to convert the seed's 2,000,000 cycles and latencies (default: read from the machine)")
+    p.add_argument("--out", metavar="DIR", help="result folder (default results/<UTC timestamp>/)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (what results.json holds) on stdout")
+    p.set_defaults(func=main)
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    repeat = 1 if args.quick else DEFAULT_REPEAT
+    if args.repeat is not None:
+        repeat = _int("--repeat", args.repeat, 1, 50)
+    tick_hz = _float("--tick-hz", args.tick_hz, 0.0, 10_000.0)
+    tsc_khz = tsc_khz_from_args(args)
+    if cycles_to_ns(SEED_HALT_POLL_CYCLES, tsc_khz) > U32_MAX:
+        raise UsageError(f"--tsc-khz: {SEED_HALT_POLL_CYCLES} cycles at {tsc_khz} kHz exceed the kernel's "
+                         f"maximum halt_poll_ns of {U32_MAX}")
+    out = args.out or os.path.join("results", datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out: {out!r} exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(out))
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.access(probe if not os.path.isdir(out) else out, os.W_OK):
+        raise UsageError(f"--out: cannot write into {out!r}")
+    return Plan(quick=args.quick, repeat=repeat, tick_hz=tick_hz, tsc_khz=tsc_khz, out=out,
+                durations=dict(DURATIONS[bool(args.quick)]))
+
+
+def write_results(plan: Plan, doc: dict, samples: dict) -> list[str]:
+    os.makedirs(plan.out, exist_ok=True)
+    files = []
+    for exp in EXPERIMENTS:
+        atomic_write(os.path.join(plan.out, f"{exp}.csv"), summary_csv(exp, doc["summary"]))
+        atomic_write(os.path.join(plan.out, f"{exp}_runs.csv"), runs_csv(exp, doc["runs"]))
+        files += [f"{exp}.csv", f"{exp}_runs.csv"]
+    from hostd import plots
+    files += plots.write_all(plan.out, doc, samples)
+    doc["files"] = ["results.json"] + files
+    write_json(os.path.join(plan.out, "results.json"), doc)  # last: its presence means the folder is complete
+    return doc["files"]
+
+
+def main(args: argparse.Namespace) -> int:
+    plan = plan_from_args(args)
+    remove_stale_segments()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        runs, samples = measure_all(plan, progress=True)
+    except (KeyboardInterrupt, _Terminated):
+        sys.stderr.write("hostd: compare interrupted; every process stopped and its segment removed; "
+                         "nothing was written\n")
+        return EXIT_SIGNAL
+    except Exception as exc:  # ChildDied / TimeoutError twice in one cell
+        from hostd.vm import ChildDied
+        if not isinstance(exc, (ChildDied, TimeoutError)):
+            raise
+        sys.stderr.write(f"hostd: {exc}; the VM was stopped and cleaned up; compare aborted\n")
+        return EXIT_CHECK_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    doc = build_document(plan, runs, started, time.monotonic() - t0)
+    write_results(plan, doc, samples)
+    if args.json:
+        json.dump(doc, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print_tables(doc, sys.stdout)
+        sys.stdout.write(f"\nresults: {os.path.join(plan.out, 'results.json')} (+ CSVs and PNG plots)\n")
+    sys.stderr.write(f"hostd: compare took {doc['elapsed_s']:.0f} s; results in {plan.out}/\n")
+    for f in doc["checks"]["failures"]:
+        sys.stderr.write(f"hostd: check failed: {f}\n")
+    return 0 if doc["checks"]["ok"] else EXIT_CHECK_FAILED

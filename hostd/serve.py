@@ -1,0 +1,679 @@
+"""`hostd serve`: a long-running daemon owning any number of VM process groups, and its clients
+`hostd launch / ps / set / stop / shutdown` (the protocol is in hostd/control.py).
+
+One thread does everything that touches a VM (requests, child-death checks, snapshots), so a
+VM is never read while it is being torn down; the optional Prometheus thread only reads the
+latest snapshot, which the main loop replaces whole.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import psutil
+import zmq
+
+from hostd import control, hoststats, report
+from hostd.control import Client, DaemonError, NoDaemon, ProtocolError
+from hostd.errors import UsageError
+from hostd.orphans import remove_stale_segments
+from hostd.policy_options import add_policy_options, policy_spec_from_args, tsc_khz_from_args
+from hostd.results import build
+from hostd.spec import VmSpec, add_vm_options, vm_spec_from_args
+from hostd.vm import ChildDied, Vm
+from vcpu import abi
+
+TICK_S = 0.2             # child-death checks
+SNAPSHOT_S = 1.0         # refresh of the snapshot the metrics endpoint serves
+MAX_VMS = 32
+MAX_TOTAL_VCPUS = 256
+MAX_BATCH = 2000         # requests handled before the next housekeeping tick
+ENDED_KEPT = 64
+SAMPLE_CAPACITY = 1 << 16  # wake samples kept per vCPU of a served VM (beyond: counted as dropped)
+EXIT_NO_DAEMON = 1
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"hostd serve: {msg}\n")
+    sys.stderr.flush()
+
+
+@dataclass
+class Served:
+    id: str
+    vm: Vm
+    tsc_khz: int
+    launched: float  # wall clock
+    params: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> VmSpec:
+        return self.vm.spec
+
+
+class Daemon:
+    def __init__(self, endpoints: list[str], metrics: tuple[str, int] | None = None) -> None:
+        self.endpoints = endpoints
+        self.metrics_addr = metrics
+        self.vms: dict[str, Served] = {}
+        self.ended: list[dict] = []
+        self.next_id = 0
+        self.quit = False
+        self.started = time.monotonic()
+        self.affinity = os.sched_getaffinity(0)
+        self.latest: dict | None = None
+        self.ctx = zmq.Context()
+        self.socks: list[zmq.Socket] = []
+        self.httpd = None
+        self._option_defaults: dict | None = None
+        self.handlers = {
+            "ping": self.cmd_ping, "ps": self.cmd_ps, "stats": self.cmd_stats, "launch": self.cmd_launch,
+            "set": self.cmd_set, "stop": self.cmd_stop, "shutdown": self.cmd_shutdown,
+        }
+
+    # --- sockets -----------------------------------------------------------------------
+    def bind(self) -> None:
+        for ep in self.endpoints:
+            s = self.ctx.socket(zmq.ROUTER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.MAXMSGSIZE, control.HARD_MAX_FRAME)
+            s.setsockopt(zmq.SNDHWM, 1000)
+            try:
+                s.bind(ep)
+            except zmq.ZMQError as exc:
+                s.close(linger=0)
+                raise UsageError(f"cannot listen on {ep}: {exc}") from None
+            if ep.startswith("ipc://"):
+                os.chmod(ep[len("ipc://"):], 0o600)
+            self.socks.append(s)
+        if self.metrics_addr:
+            from hostd.metrics import serve_metrics
+
+            host, port = self.metrics_addr
+            try:
+                self.httpd, _ = serve_metrics(host, port, lambda: self.latest)
+            except OSError as exc:
+                raise UsageError(f"--metrics: cannot listen on {host}:{port}: {exc.strerror}") from None
+            self.latest = self.snapshot()
+
+    def metrics_url(self) -> str | None:
+        if self.httpd is None:
+            return None
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/metrics"
+
+    # --- main loop ---------------------------------------------------------------------
+    def run(self) -> None:
+        poller = zmq.Poller()
+        for s in self.socks:
+            poller.register(s, zmq.POLLIN)
+        next_tick = time.monotonic()
+        next_snap = next_tick + SNAPSHOT_S
+        while not self.quit:
+            wait_ms = max(0, int(1000 * (next_tick - time.monotonic())))
+            try:
+                ready = dict(poller.poll(wait_ms))
+            except zmq.ZMQError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            for s in ready:
+                self._drain(s)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                self.check_children()
+            if self.httpd is not None and now >= next_snap:
+                next_snap = now + SNAPSHOT_S
+                self.latest = self.snapshot()
+
+    def _drain(self, s: zmq.Socket) -> None:
+        for _ in range(MAX_BATCH):
+            if self.quit:
+                return
+            try:
+                frames = s.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            envelope, payload = control.split_envelope(frames)
+            reply = self.handle(payload)
+            try:
+                s.send_multipart([*envelope, reply], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the client is gone or not reading: its loss
+
+    def handle(self, payload: list[bytes]) -> bytes:
+        """Frames of one request -> one reply frame. Never raises."""
+        try:
+            req = control.decode_request(payload)
+            return control.reply_ok(**self.handlers[req["cmd"]](req))
+        except ProtocolError as exc:
+            return control.reply_error(str(exc))
+        except UsageError as exc:
+            return control.reply_error(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the VMs down with it
+            log(f"internal error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            return control.reply_error(f"internal error: {type(exc).__name__}: {exc}")
+
+    # --- VM bookkeeping ----------------------------------------------------------------
+    def _repin(self) -> None:
+        """Vm.start() pins the calling process to its device CPU (and close() restores what it
+        saw at construction). With several VMs the daemon sits on the union of their device
+        CPUs, off every vCPU's core where possible, and back on its own CPUs when none runs."""
+        cpus = {r.spec.device_cpu for r in self.vms.values() if r.spec.device_cpu is not None}
+        target = cpus & self.affinity or self.affinity
+        try:
+            os.sched_setaffinity(0, target)
+        except OSError:
+            pass
+
+    def _find(self, vm_id: str) -> Served:
+        rec = self.vms.get(vm_id)
+        if rec is None:
+            ended = next((e for e in reversed(self.ended) if e["id"] == vm_id), None)
+            if ended:
+                raise ProtocolError(f"VM {vm_id!r} is no longer running ({ended['state']}: {ended['reason']})")
+            running = ", ".join(self.vms) or "none"
+            raise ProtocolError(f"no VM {vm_id!r} (running: {running})")
+        return rec
+
+    def _end(self, rec: Served, state: str, reason: str, summary: dict | None = None) -> None:
+        self.vms.pop(rec.id, None)
+        try:
+            rec.vm.close()
+        finally:
+            self._repin()
+        self.ended.append({"id": rec.id, "state": state, "reason": reason, "ended": time.time(),
+                           "workload": rec.spec.workload, "policy": rec.spec.policy.policy, "summary": summary})
+        del self.ended[:-ENDED_KEPT]
+
+    def check_children(self) -> None:
+        for rec in list(self.vms.values()):
+            try:
+                rec.vm.check_children()
+            except ChildDied as exc:
+                log(f"{rec.id}: {exc}; the VM was stopped and cleaned up")
+                self._end(rec, "died", str(exc))
+
+    def option_defaults(self) -> dict:
+        if self._option_defaults is None:
+            p = argparse.ArgumentParser(add_help=False)
+            add_vm_options(p)
+            add_policy_options(p)
+            self._option_defaults = vars(p.parse_args([]))
+        return self._option_defaults
+
+    # --- commands ----------------------------------------------------------------------
+    def cmd_ping(self, req: dict) -> dict:
+        return {"pid": os.getpid(), "uptime_s": time.monotonic() - self.started, "vms": len(self.vms),
+                "endpoints": self.endpoints, "metrics": self.metrics_url()}
+
+    def cmd_launch(self, req: dict) -> dict:
+        options = req["options"]
+        if len(self.vms) >= MAX_VMS:
+            raise ProtocolError(f"launch: this daemon already runs {len(self.vms)} VMs (the limit is {MAX_VMS})")
+        _check_cpu_text(options.get("cpus"))
+        ns = argparse.Namespace(**{**self.option_defaults(), **{k: v for k, v in options.items() if v is not None}})
+        vm_id = f"vm{self.next_id}"
+        policy = policy_spec_from_args(ns)
+        tsc_khz = tsc_khz_from_args(ns)
+        # Placement reads the daemon's own affinity: give it back the CPUs it started with
+        # (it sits on the device CPUs of running VMs), then sit down again.
+        os.sched_setaffinity(0, self.affinity)
+        try:
+            spec = vm_spec_from_args(ns, policy, vm=vm_id)
+        finally:
+            self._repin()
+        total = sum(r.spec.vcpus for r in self.vms.values()) + spec.vcpus
+        if total > MAX_TOTAL_VCPUS:
+            raise ProtocolError(f"launch: {total} vCPUs in all would exceed the daemon's limit of {MAX_TOTAL_VCPUS}")
+        spec.duration_s = None
+        spec.sample_capacity = SAMPLE_CAPACITY
+        self.next_id += 1
+        os.sched_setaffinity(0, self.affinity)  # what Vm.close() will restore
+        vm = Vm(spec)
+        try:
+            vm.start()
+            vm.go()
+        except (ChildDied, TimeoutError, OSError, zmq.ZMQError) as exc:
+            vm.close()
+            self._repin()
+            raise ProtocolError(f"launch: {vm_id} failed to start: {exc}") from None
+        except BaseException:
+            vm.close()
+            self._repin()
+            raise
+        p = spec.policy
+        params = {"halt_poll_ns": p.halt_poll_ns, "halt_poll_ns_grow": p.halt_poll_ns_grow,
+                  "halt_poll_ns_grow_start": p.halt_poll_ns_grow_start, "halt_poll_ns_shrink": p.halt_poll_ns_shrink}
+        if spec.workload == "idle":
+            params["tick_hz"] = spec.tick_hz
+        rec = Served(vm_id, vm, tsc_khz, time.time(), params)
+        self.vms[vm_id] = rec
+        self._repin()
+        shared = sorted(
+            r.id for r in self.vms.values()
+            if r.id != vm_id and r.spec.vcpu_cpus and spec.vcpu_cpus and set(r.spec.vcpu_cpus) & set(spec.vcpu_cpus)
+        )
+        log(f"{vm_id}: launched {spec.vcpus} vCPU(s), workload {spec.workload}, policy {p.policy} "
+            f"(halt_poll_ns {p.halt_poll_ns}), pids {vm.child_pids()}")
+        return {"vm": vm_id, **self._describe(rec), "shares_cpus_with": shared}
+
+    def _describe(self, rec: Served) -> dict:
+        spec, vm = rec.spec, rec.vm
+        dev = next(c for c in vm.children if c.index is None)
+        states = []
+        for i in range(spec.vcpus):
+            s = vm.words[abi.slot_base(i) + abi.STATE]
+            states.append(abi.STATE_NAMES[s] if s < len(abi.STATE_NAMES) else str(s))
+        return {
+            "id": rec.id, "state": "running", "launched": rec.launched,
+            "uptime_s": (time.monotonic_ns() - vm.started_ns) / 1e9,
+            "vcpus": spec.vcpus, "workload": spec.workload, "policy": spec.policy.policy,
+            "host_policy": spec.policy.host_policy, "params": dict(rec.params),
+            "interval_ns": spec.interval_ns if spec.workload == "timer" else None,
+            "overcommit": spec.overcommit, "tsc_khz": rec.tsc_khz,
+            "device": {"pid": dev.pid, "cpu": spec.device_cpu},
+            "vcpu": [{"index": i, "pid": pid, "cpu": None if spec.vcpu_cpus is None else spec.vcpu_cpus[i],
+                      "state": states[i]} for i, pid in enumerate(vm.vcpu_pids())],
+        }
+
+    def cmd_ps(self, req: dict) -> dict:
+        return {"vms": [self._describe(r) for r in self.vms.values()], "ended": self.ended,
+                "daemon": self.cmd_ping(req)}
+
+    def snapshot(self, only: str | None = None) -> dict:
+        vms = []
+        for rec in self.vms.values():
+            if only is not None and rec.id != only:
+                continue
+            d = self._describe(rec)
+            vcpus = []
+            for i, pid in enumerate(rec.vm.vcpu_pids()):
+                counters = rec.vm.counters(i)
+                hist = {h: counters.pop(h) for h in abi.HISTS}
+                try:
+                    t = hoststats.process_stats(pid)
+                    host = {"cpu_ns": t.cpu_ns, "runq_wait_ns": t.runq_wait_ns, "ctx_voluntary": t.ctx_voluntary,
+                            "ctx_involuntary": t.ctx_involuntary, "migrations": t.migrations}
+                except (ProcessLookupError, OSError, ValueError):
+                    host = None
+                vcpus.append({**d["vcpu"][i], "counters": counters, "hist": hist, "host": host})
+            d["vcpus"] = vcpus
+            del d["vcpu"]
+            vms.append(d)
+        return {"t_ns": time.monotonic_ns(), "time": time.time(), "vms": vms}
+
+    def cmd_stats(self, req: dict) -> dict:
+        if "vm" in req:
+            self._find(req["vm"])
+        snap = self.snapshot(req.get("vm"))
+        if "vm" not in req and self.httpd is not None:
+            self.latest = snap
+        return snap
+
+    def cmd_set(self, req: dict) -> dict:
+        rec = self._find(req["vm"])
+        name, value = req["param"], req["value"]
+        spec = rec.spec
+        if name in ("tick_hz", "tick_millihz"):
+            if spec.workload != "idle":
+                raise ProtocolError(f"set: {name} is the idle workload's tick; {rec.id} runs the "
+                                    f"{spec.workload} workload (its rate is fixed at launch)")
+            millihz = round(value * 1000) if name == "tick_hz" else int(value)
+            rec.vm.set_param("tick_millihz", millihz)
+            rec.params["tick_hz"] = millihz / 1000
+        else:
+            host = spec.policy.host_policy
+            if host == "none":
+                raise ProtocolError(f"set: {rec.id} runs policy {spec.policy.policy}, whose host side never "
+                                    f"polls; {name} would have no effect")
+            if name != "halt_poll_ns" and host != "adaptive":
+                raise ProtocolError(f"set: {name} is read only by the adaptive host policy; "
+                                    f"{rec.id} runs {host}")
+            rec.vm.set_param(name, int(value))
+            rec.params[name] = int(value)
+        log(f"{rec.id}: {name} = {value}")
+        return {"vm": rec.id, "params": rec.params}
+
+    def cmd_stop(self, req: dict) -> dict:
+        rec = self._find(req["vm"])
+        try:
+            rec.vm.stop()
+            result = build(rec.vm, rec.tsc_khz)
+        except (ChildDied, TimeoutError, zmq.ZMQError, KeyError) as exc:
+            self._end(rec, "failed", f"stop: {exc}")
+            raise ProtocolError(f"stop: {rec.id} did not stop cleanly ({exc}); it was torn down") from None
+        except BaseException:
+            self._end(rec, "failed", "stop: internal error")
+            raise
+        failures = report.check_failures(result)
+        self._end(rec, "stopped", "; ".join(failures) or "stopped by request", _summary(result))
+        log(f"{rec.id}: stopped{' with failed checks: ' + '; '.join(failures) if failures else ''}")
+        return {"vm": rec.id, "result": result, "failures": failures}
+
+    def cmd_shutdown(self, req: dict) -> dict:
+        self.quit = True
+        return {"pid": os.getpid(), "stopping": list(self.vms)}
+
+    # --- teardown ----------------------------------------------------------------------
+    def stop_all(self) -> None:
+        for rec in list(self.vms.values()):
+            try:
+                rec.vm.stop()
+                result = build(rec.vm, rec.tsc_khz)
+                failures = report.check_failures(result)
+                log(f"{rec.id}: stopped" + (f"; check failed: {'; '.join(failures)}" if failures else ""))
+                self._end(rec, "stopped", "daemon shutdown", _summary(result))
+            except Exception as exc:  # noqa: BLE001 - whatever happens, tear it down
+                log(f"{rec.id}: did not stop cleanly ({type(exc).__name__}: {exc}); torn down")
+                self._end(rec, "failed", str(exc))
+
+    def close(self) -> None:
+        for rec in list(self.vms.values()):  # only if stop_all did not run (e.g. an error)
+            self._end(rec, "failed", "daemon exit")
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+        for s in self.socks:
+            s.close(linger=0)
+        self.ctx.destroy(linger=0)
+        for ep in self.endpoints:
+            if ep.startswith("ipc://"):
+                try:
+                    os.unlink(ep[len("ipc://"):])
+                except FileNotFoundError:
+                    pass
+
+
+def _check_cpu_text(text: object) -> None:
+    """`--cpus 0-99999999` would make spec.parse_cpu_list build a huge list: refuse it first."""
+    if not isinstance(text, str):
+        return
+    import re
+
+    for n in re.findall(r"\d+", text):
+        if len(n) > 6 or int(n) > 65535:
+            raise UsageError(f"--cpus: CPU number {n[:12]} is out of range")
+
+
+def _summary(result: dict) -> dict:
+    vc = result["vcpus"]
+    return {
+        "duration_s": result["spec"]["duration_s"],
+        "halt_exits": sum(v["stats"]["halt_exits"] for v in vc),
+        "halt_successful_poll": sum(v["stats"]["halt_successful_poll"] for v in vc),
+        "checks_ok": result["checks"]["ok"],
+    }
+
+
+# === command line =========================================================================
+def _add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--connect", metavar="ENDPOINT",
+                   help=f"the daemon's control endpoint (default: ${control.ENV_ENDPOINT}, else "
+                   f"ipc://<runtime dir>/{control.SOCKET_NAME}, the runtime dir being ${control.ENV_DIR}, "
+                   "$XDG_RUNTIME_DIR/haltpoll-emu or /tmp/haltpoll-emu-$UID)")
+    p.add_argument("--timeout", default="60", metavar="SECONDS", help="how long to wait for the reply (default 60)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="run the daemon that owns VM process groups (see launch, ps, set, stat, stop)",
+        description="Run in the foreground as a daemon owning any number of VMs. Clients talk to it over a "
+        "ZeroMQ control socket in a private runtime directory (mode 0700), printed at start. "
+        "SIGTERM/SIGINT stop every VM cleanly.",
+        epilog="example: hostd serve &  hostd launch --workload timer --policy fixed --halt-poll-ns 0; hostd stat",
+    )
+    p.add_argument("--bind", action="append", default=[], metavar="tcp://HOST:PORT",
+                   help="also listen on TCP (loopback only unless --allow-remote); may be repeated")
+    p.add_argument("--metrics", metavar="[HOST:]PORT",
+                   help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (HOST defaults to 127.0.0.1)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow non-loopback --bind/--metrics addresses (the control API has no authentication)")
+    p.set_defaults(func=main_serve)
+
+    p = sub.add_parser("launch", help="launch a VM in the daemon (options as for `run`); prints its id",
+                       description="Launch a VM-like process group in the running daemon. It runs until "
+                       "`hostd stop VM` or the daemon's shutdown; the options are those of `hostd run`.")
+    add_vm_options(p)
+    add_policy_options(p)
+    p.add_argument("--json", action="store_true", help="print the daemon's reply as JSON")
+    _add_client_options(p)
+    p.set_defaults(func=main_launch)
+
+    p = sub.add_parser("ps", help="list the daemon's VMs: vCPUs, pids, CPUs, policy, uptime")
+    p.add_argument("--json", action="store_true", help="print the daemon's reply as JSON")
+    p.add_argument("-a", "--all", action="store_true", help="also list VMs that ended (stopped or died)")
+    _add_client_options(p)
+    p.set_defaults(func=main_ps)
+
+    p = sub.add_parser("set", help="change a live parameter of a VM (next halt on)",
+                       description="Set live parameters of a running VM, as writing "
+                       "/sys/module/kvm/parameters/* does; each takes effect from the next halt (tick_hz: the "
+                       f"next tick). Parameters: {', '.join(control.PARAMS)}.",
+                       epilog="example: hostd set vm0 halt_poll_ns=2000000")
+    p.add_argument("vm", metavar="VM")
+    p.add_argument("assignments", nargs="+", metavar="PARAM=VALUE")
+    _add_client_options(p)
+    p.set_defaults(func=main_set)
+
+    p = sub.add_parser("stop", help="stop a VM and print its final report (as `run` does)")
+    p.add_argument("vm", metavar="VM")
+    p.add_argument("--json", action="store_true", help="print the final result as JSON (DESIGN §8)")
+    _add_client_options(p)
+    p.set_defaults(func=main_stop)
+
+    p = sub.add_parser("shutdown", help="stop every VM and the daemon")
+    p.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for the daemon to exit")
+    _add_client_options(p)
+    p.set_defaults(func=main_shutdown)
+
+
+def main_serve(args: argparse.Namespace) -> int:
+    binds = [control.check_bind(b, args.allow_remote) for b in args.bind]
+    metrics = control.parse_host_port(args.metrics, "--metrics", args.allow_remote) if args.metrics else None
+    directory = control.ensure_private_dir(control.runtime_dir())
+    path = control.socket_path(directory)
+    if len(path) > 100:
+        raise UsageError(f"control socket path {path!r} is too long for a Unix socket; set ${control.ENV_DIR} "
+                         "to a shorter directory")
+    if os.path.exists(path):
+        try:
+            with Client(f"ipc://{path}", timeout_s=1.0) as c:
+                pid = c.call("ping")["pid"]
+            raise UsageError(f"a hostd daemon (pid {pid}) already serves ipc://{path}")
+        except (NoDaemon, DaemonError):
+            os.unlink(path)  # stale: its daemon is gone
+    remove_stale_segments()
+    daemon = Daemon([f"ipc://{path}", *binds], metrics)
+
+    def on_signal(signum, frame):
+        if daemon.quit:
+            return
+        daemon.quit = True
+        log(f"{signal.Signals(signum).name}: stopping every VM")
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon.bind()
+        sys.stdout.write(f"hostd serve: pid {os.getpid()}, control socket {' '.join(daemon.endpoints)}\n")
+        if daemon.metrics_url():
+            sys.stdout.write(f"hostd serve: metrics at {daemon.metrics_url()}\n")
+        sys.stdout.flush()
+        daemon.run()
+        daemon.stop_all()
+    finally:
+        daemon.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    log("stopped")
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Client:
+    try:
+        timeout = float(args.timeout)
+        if not 0 < timeout < 1e6:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--timeout: expected a number of seconds > 0, got {args.timeout!r}") from None
+    return Client(args.connect, timeout_s=timeout)
+
+
+def _call(args: argparse.Namespace, cmd: str, **fields) -> dict | int:
+    """One request; a refusal is exit 2 (bad input), no daemon is exit 1. Both one line."""
+    try:
+        with _client(args) as c:
+            return c.call(cmd, **fields)
+    except DaemonError as exc:
+        sys.stderr.write(f"hostd {cmd}: error: {exc}\n")
+        return 2
+    except NoDaemon as exc:
+        sys.stderr.write(f"hostd {cmd}: {exc}\n")
+        return EXIT_NO_DAEMON
+
+
+def main_launch(args: argparse.Namespace) -> int:
+    kinds = control.launch_option_kinds()
+    options = {k: getattr(args, k) for k in kinds if getattr(args, k) not in (None, False)}
+    rep = _call(args, "launch", options=options)
+    if isinstance(rep, int):
+        return rep
+    if args.json:
+        json.dump(_clean(rep), sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    sys.stdout.write(f"{rep['vm']}\n")
+    cpus = [v["cpu"] for v in rep["vcpu"]]
+    sys.stderr.write(f"{rep['vm']}: {rep['vcpus']} vCPU(s) pids {[v['pid'] for v in rep['vcpu']]} on CPUs {cpus}, "
+                     f"device pid {rep['device']['pid']} on CPU {rep['device']['cpu']}\n")
+    if rep.get("shares_cpus_with"):
+        sys.stderr.write(f"{rep['vm']}: note: its vCPUs share CPUs with {', '.join(rep['shares_cpus_with'])}"
+                         " (overcommit across VMs)\n")
+    return 0
+
+
+def _clean(rep: dict) -> dict:
+    return {k: v for k, v in rep.items() if k not in ("ok", "v")}
+
+
+def _uptime(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _params(vm: dict) -> str:
+    from hostd.stat import param_text
+
+    return param_text(vm)
+
+
+def main_ps(args: argparse.Namespace) -> int:
+    rep = _call(args, "ps")
+    if isinstance(rep, int):
+        return rep
+    if args.json:
+        json.dump(_clean(rep), sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    out = sys.stdout
+    d = rep["daemon"]
+    out.write(f"daemon pid {d['pid']}, up {_uptime(d['uptime_s'])}, {len(rep['vms'])} VM(s), "
+              f"{' '.join(d['endpoints'])}{', metrics ' + d['metrics'] if d['metrics'] else ''}\n")
+    if rep["vms"]:
+        out.write(f"{'VM':<6} {'UPTIME':>9} {'WORKLOAD':<8} {'POLICY':<15} {'PROC':<8} {'PID':>8} {'CPU':>4} "
+                  f"{'STATE':<9} PARAMS\n")
+    for vm in rep["vms"]:
+        dev = vm["device"]
+        out.write(f"{vm['id']:<6} {_uptime(vm['uptime_s']):>9} {vm['workload']:<8} {vm['policy']:<15} "
+                  f"{'irqsrc':<8} {dev['pid']:>8} {_cpu(dev['cpu']):>4} {'':<9} {_params(vm)}"
+                  f"{'  (overcommit)' if vm['overcommit'] else ''}\n")
+        for v in vm["vcpu"]:
+            out.write(f"{'':<6} {'':>9} {'':<8} {'':<15} {'vcpu' + str(v['index']):<8} {v['pid']:>8} "
+                      f"{_cpu(v['cpu']):>4} {v['state']:<9}\n")
+    if args.all and rep["ended"]:
+        out.write("ended:\n")
+        for e in rep["ended"]:
+            when = time.strftime("%H:%M:%S", time.localtime(e["ended"]))
+            out.write(f"  {e['id']:<6} {e['state']:<8} {when}  {e['workload']}/{e['policy']}: {e['reason']}\n")
+    return 0
+
+
+def _cpu(c) -> str:
+    return "-" if c is None else str(c)
+
+
+def parse_assignment(text: str) -> tuple[str, int | float]:
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise UsageError(f"expected PARAM=VALUE, got {text!r}")
+    if name not in control.PARAMS:
+        raise UsageError(f"unknown parameter {name!r} (settable: {', '.join(control.PARAMS)})")
+    kind = control.PARAMS[name][0]
+    try:
+        v = int(value) if kind is int else float(value)
+    except ValueError:
+        raise UsageError(f"{name}: expected a {'whole number' if kind is int else 'number'}, got {value!r}") from None
+    try:
+        control.check_param(name, v)
+    except ProtocolError as exc:
+        raise UsageError(str(exc).removeprefix("set: ")) from None
+    return name, v
+
+
+def main_set(args: argparse.Namespace) -> int:
+    pairs = [parse_assignment(a) for a in args.assignments]
+    for name, value in pairs:
+        rep = _call(args, "set", vm=args.vm, param=name, value=value)
+        if isinstance(rep, int):
+            return rep
+        sys.stdout.write(f"{rep['vm']}: {name}={value}\n")
+    return 0
+
+
+def main_stop(args: argparse.Namespace) -> int:
+    rep = _call(args, "stop", vm=args.vm)
+    if isinstance(rep, int):
+        return rep
+    if args.json:
+        json.dump(rep["result"], sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(f"{rep['vm']} stopped.\n")
+        report.print_run(rep["result"], sys.stdout)
+    for f in rep["failures"]:
+        sys.stderr.write(f"hostd: check failed: {f}\n")
+    return 1 if rep["failures"] else 0
+
+
+def main_shutdown(args: argparse.Namespace) -> int:
+    rep = _call(args, "shutdown")
+    if isinstance(rep, int):
+        return rep
+    stopping = rep["stopping"]
+    sys.stderr.write(f"hostd: daemon pid {rep['pid']} shutting down"
+                     f"{', stopping ' + ', '.join(stopping) if stopping else ''}\n")
+    if args.no_wait or not (args.connect or control.default_endpoint()).startswith("ipc://"):
+        return 0
+    deadline = time.monotonic() + float(args.timeout)
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(rep["pid"]) or _zombie(rep["pid"]):
+            return 0
+        time.sleep(0.05)
+    sys.stderr.write(f"hostd: daemon pid {rep['pid']} still running after {args.timeout} s\n")
+    return 1
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
