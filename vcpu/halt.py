@@ -33,6 +33,7 @@ PATH_POLL, PATH_BLOCK, PATH_GUEST_POLL = 0, 1, 2
 # for getrusage to confirm an involuntary context switch (the need_resched() stand-in).
 PREEMPT_GAP_NS = 30_000
 STOP_CHECK_MASK = 1023  # look at the stop word every 1024 poll iterations
+SIBLING_CHECK_MASK = 63  # look at vCPUs sharing our CPU every 64 poll iterations (~10 us)
 
 
 class Recorder:
@@ -66,6 +67,7 @@ class VCpu:
         exit_cost_ns: int,
         recorder: Recorder,
         safety_timeout_ms: int,
+        siblings: tuple[int, ...] = (),
     ) -> None:
         self.w = words
         self.kick = kick
@@ -89,6 +91,9 @@ class VCpu:
         )
         self.c = {name: b + off for name, off in abi.C.items()}
         self.h = {name: b + off for name, off in abi.HIST.items()}
+        # Slot bases of the other vCPUs pinned to our CPU: if one of them is runnable, it is
+        # waiting for this core, which is exactly when the kernel sets need_resched().
+        self.siblings = tuple(abi.slot_base(i) for i in siblings)
         self.ack = words[self.i_ack]
         self.deadline = 0
         self.echo = 0  # injections still to come for timer expiries this vCPU took itself
@@ -150,15 +155,25 @@ class VCpu:
                 return TIMER
             if t >= until_ns:
                 return EXPIRED
-            if watch_preempt and t - last > PREEMPT_GAP_NS:
-                nivcsw = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
-                if nivcsw != self.nivcsw:
-                    self.nivcsw = nivcsw
+            if watch_preempt:
+                if t - last > PREEMPT_GAP_NS:
+                    nivcsw = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+                    if nivcsw != self.nivcsw:
+                        self.nivcsw = nivcsw
+                        return PREEMPTED
+                if self.siblings and not n & SIBLING_CHECK_MASK and self._sibling_runnable():
                     return PREEMPTED
             last = t
             n += 1
             if not n & STOP_CHECK_MASK and w[abi.H_STOP]:
                 return STOPPED
+
+    def _sibling_runnable(self) -> bool:
+        w = self.w
+        for b in self.siblings:
+            if w[b + abi.STATE] != abi.BLOCKED or w[b + abi.IRQ_SEQ] != w[b + abi.IRQ_ACK]:
+                return True
+        return False
 
     def _block(self) -> tuple[int, bool]:
         """Drain stale kicks, re-check, then sleep in the socket. Returns (why, waited)."""

@@ -16,6 +16,13 @@ from vcpu.halt import Recorder, VCpu
 from vcpu.policy import PolicySpec, make_host_policy
 
 
+def siblings(cpus: list[int] | None, index: int) -> tuple[int, ...]:
+    """The other vCPUs pinned to our CPU (unknown when unpinned: the scheduler moves us)."""
+    if cpus is None:
+        return ()
+    return tuple(i for i, c in enumerate(cpus) if c == cpus[index] and i != index)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vcpu", description="one emulated vCPU (started by hostd)")
     ap.add_argument("--run-dir", required=True)
@@ -62,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             policy.exit_cost_ns,
             recorder,
             spec["safety_timeout_ms"],
+            siblings(cpus, index),
         )
         guest.run(spec["workload"], v, req, index, spec["interval_ns"])
         ctl.send(msgpack.packb({"kind": "report", "who": "vcpu", "index": index, **recorder.payload()}))
