@@ -29,8 +29,9 @@ EXPIRED, PREEMPTED = 4, 5
 # Wake paths, as recorded per sample.
 PATH_POLL, PATH_BLOCK, PATH_GUEST_POLL = 0, 1, 2
 
-# A gap this long between two poll iterations means we were not on the CPU; only then pay
-# for getrusage to confirm an involuntary context switch (the need_resched() stand-in).
+# A gap this long between two poll iterations means we were not on the CPU: preempted by our
+# kernel if involuntary switches rose since the poll began (the need_resched() stand-in), or
+# merely descheduled by a hypervisor under us if they did not.
 PREEMPT_GAP_NS = 30_000
 STOP_CHECK_MASK = 1023  # look at the stop word every 1024 poll iterations
 SIBLING_CHECK_MASK = 63  # look at vCPUs sharing our CPU every 64 poll iterations (~10 us)
@@ -97,7 +98,7 @@ class VCpu:
         self.ack = words[self.i_ack]
         self.deadline = 0
         self.echo = 0  # injections still to come for timer expiries this vCPU took itself
-        self.nivcsw = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+        self.nivcsw = 0
         self.param_gen = -1
         self._load_params()
 
@@ -226,6 +227,8 @@ class VCpu:
         why = NONE
         if budget:
             w[self.i_state] = abi.POLLING
+            # Baseline for the preemption check: only switches during this poll count.
+            self.nivcsw = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
             why = self._spin(start + budget, True)
             poll_end = now()
             if why == PREEMPTED:
