@@ -43,13 +43,17 @@ def print_run(r: dict, out: TextIO) -> None:
         )
         out.write("".join(f"{x:>10}" for x in row) + "\n")
     w = r["workload"]
+    dev = r["device"]
     if w["name"] == "io":
-        out.write(f"\nio: {w['ops_per_s']:.0f} synchronous writes/s ({w['writes']} writes)\n")
+        out.write(f"\nio: {w['ops_per_s']:.0f} synchronous writes/s ({w['writes']} writes); device time per "
+                  f"write p50 {_us(dev['io_service_ns']['p50'])} us\n")
     elif w["name"] == "timer":
         ns, cy = w["latency_ns"], w["latency_cycles"]
         out.write(
             f"\ntimer: wake - deadline p50 {_us(ns['p50'])} us ({cy['p50']} cycles), p99 {_us(ns['p99'])} us "
             f"({cy['p99']} cycles), max {_us(ns['max'])} us over {ns['count']} wakes\n"
+            f"       the device fired deadlines p50 {_us(dev['timer_lateness_ns']['p50'])} us late "
+            f"(max {_us(dev['timer_lateness_ns']['max'])} us)\n"
         )
     else:
         out.write(

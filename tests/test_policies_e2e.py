@@ -39,7 +39,9 @@ def test_idle_poll_never_halts_and_burns_a_core(hostd):
     (v,) = r["vcpus"]
     assert v["stats"]["halt_exits"] == 0
     assert v["guest"]["idle_periods"] > 500
-    assert v["host"]["cpu_frac"] > 0.85
+    # Always runnable: on the CPU or waiting for it (other load may share the core).
+    h = v["host"]
+    assert (h["cpu_ns"] + h["runq_wait_ns"]) / (r["spec"]["duration_s"] * 1e9) > 0.9
 
 
 def test_guest_haltpoll_keeps_halts_from_reaching_the_host(hostd):

@@ -34,13 +34,13 @@ def test_timer_fixed_budget_polls_where_none_blocks(hostd):
     fixed = timer_run(hostd, "fixed", "--halt-poll-ns", "2000000")["vcpus"][0]
 
     s = none["stats"]
-    assert s["halt_exits"] > 500
+    assert s["halt_exits"] > 200
     assert s["halt_attempted_poll"] == s["halt_successful_poll"] == 0
     assert none["latency_ns"]["poll"]["count"] == 0
-    assert none["latency_ns"]["block"]["count"] == none["latency_ns"]["all"]["count"] > 500
+    assert none["latency_ns"]["block"]["count"] == none["latency_ns"]["all"]["count"] > 200
 
     s = fixed["stats"]
-    assert s["halt_exits"] > 500
+    assert s["halt_exits"] > 200
     assert s["halt_successful_poll"] >= 0.95 * s["halt_exits"]
     assert fixed["latency_ns"]["poll"]["p50"] * 5 <= none["latency_ns"]["block"]["p50"]
     # Polling costs host CPU; blocking does not.

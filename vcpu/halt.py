@@ -263,7 +263,8 @@ class VCpu:
         if self.exit_half_ns:
             self._spin_for(self.exit_half_ns)
         # The guest resumes after the entry half of the exit cost; our bookkeeping is not its latency.
-        return why, PATH_BLOCK if waited else PATH_POLL, cur + self.exit_half_ns
+        # As KVM counts it: a poll hit needs a poll; with no budget every wake is the block path.
+        return why, PATH_POLL if budget and not waited else PATH_BLOCK, cur + self.exit_half_ns
 
     # --- one idle period of the guest ------------------------------------------------------
     def idle(self) -> bool:
