@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hostd import compare, replay, run, serve, stat
+    from hostd import compare, replay, run, serve, stat, tune
 
     parser = _Parser(
         prog="hostd",
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupts; hostd measures wakeup latency and host CPU per vCPU.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (run, replay, compare, serve, stat):
+    for module in (run, replay, compare, serve, stat, tune):
         module.register(sub)
     return parser
 
