@@ -20,6 +20,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,7 +311,12 @@ class Client:
     def raw(self, frames: list[bytes], timeout_s: float | None = None) -> list[bytes]:
         """Send frames as they are (the delimiter is the caller's business), return the reply frames."""
         self._sock.send_multipart(frames)
-        if not self._sock.poll(int(1000 * (timeout_s or self.timeout_s))):
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        ipc = self.endpoint[len("ipc://"):] if self.endpoint.startswith("ipc://") else None
+        while not (ready := self._sock.poll(200)) and time.monotonic() < deadline:
+            if ipc and not os.path.exists(ipc):  # the daemon exited: no need to wait it out
+                raise NoDaemon(f"the hostd daemon at {self.endpoint} has gone away")
+        if not ready:
             # A late reply must not be read as the answer to the next request: start afresh.
             self._sock.close(linger=0)
             self._sock = self._connect()

@@ -100,7 +100,7 @@ class SnapshotCollector:
                         buckets.append((str(2**b - 1), acc))
                     acc += counts[-1]
                     buckets.append(("+Inf", acc))
-                    fam.add_metric(lv, buckets, sum_value=c.get(HIST_SUM[h], 0))
+                    fam.add_metric(lv, buckets, sum_value=c.get(HIST_SUM[h]) if h in HIST_SUM else None)
                 hs = v["host"]
                 if hs:
                     host["cpu"].add_metric(lv, hs["cpu_ns"] / 1e9)

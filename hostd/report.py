@@ -61,4 +61,5 @@ def print_run(r: dict, out: TextIO) -> None:
             f"host CPU per idle vCPU {100 * w['cpu_frac_per_vcpu']:.2f}% of a core\n"
         )
     c = r["checks"]
-    out.write(f"checks: exactly-once {'ok' if c['exactly_once'] else 'BROKEN'}, lost wakeups {c['lost_wakeup']}\n")
+    late = f" ({c['late_wakeup']} late: kick delayed past the 1 s safety net)" if c["late_wakeup"] else ""
+    out.write(f"checks: exactly-once {'ok' if c['exactly_once'] else 'BROKEN'}, lost wakeups {c['lost_wakeup']}{late}\n")

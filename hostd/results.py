@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 from hostd.vm import Vm
+from vcpu import abi
 from vcpu.halt import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
 
 STATS = (
     "halt_exits", "halt_attempted_poll", "halt_successful_poll", "halt_poll_invalid",
     "halt_wakeup", "halt_poll_success_ns", "halt_poll_fail_ns", "halt_wait_ns", "halt_poll_ns",
-    "irq_injected", "irq_delivered", "irq_coalesced", "spurious_wakeup", "lost_wakeup",
+    "irq_injected", "irq_delivered", "irq_coalesced", "spurious_wakeup", "lost_wakeup", "late_wakeup",
 )
 EXTRA_STATS = (
     "guest_halt_poll_success", "guest_halt_poll_fail", "guest_halt_poll_ns", "guest_poll_ns",
@@ -66,7 +67,7 @@ def build(vm: Vm, tsc_khz: int) -> dict:
             "cpu": None if spec.vcpu_cpus is None else spec.vcpu_cpus[i],
             "stats": stats,
             "guest": {k: counters[k] for k in EXTRA_STATS},
-            "hist": {k: counters[k] for k in ("halt_poll_success_hist", "halt_poll_fail_hist", "halt_wait_hist")},
+            "hist": {k: counters[k] for k in abi.HISTS},
             "latency_ns": {
                 "poll": percentiles(lat[poll]),
                 "block": percentiles(lat[path == PATH_BLOCK]),
@@ -89,6 +90,7 @@ def build(vm: Vm, tsc_khz: int) -> dict:
         })
     seconds = elapsed_ns / 1e9
     lost = sum(v["stats"]["lost_wakeup"] for v in vcpus)
+    late = sum(v["stats"]["late_wakeup"] for v in vcpus)
     return {
         "spec": {
             "vcpus": spec.vcpus,
@@ -116,7 +118,7 @@ def build(vm: Vm, tsc_khz: int) -> dict:
             "io_service_ns": percentiles(_arr(dev, "io_service_ns")),
         },
         "checks": {"exactly_once": all(v["accounting"]["exactly_once"] for v in vcpus), "lost_wakeup": lost,
-                   "ok": ok},
+                   "late_wakeup": late, "ok": ok},
     }
 
 

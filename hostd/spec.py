@@ -12,6 +12,7 @@ from vcpu.policy import PolicySpec
 DEFAULT_INTERVAL_US = 500
 DEFAULT_TICK_HZ = 2.5  # per vCPU: the seed's idle 4-vCPU Linux guest halts ~10 times/s
 SAFETY_TIMEOUT_MS = 1000
+MAX_CPU = 65535  # bounds --cpus ranges before they become lists
 
 
 @dataclass
@@ -92,7 +93,7 @@ def parse_cpu_list(text: str) -> list[int]:
         for part in text.split(","):
             lo, _, hi = part.strip().partition("-")
             a, b = int(lo), int(hi or lo)
-            if a < 0 or b < a:
+            if a < 0 or b < a or b > MAX_CPU:
                 raise ValueError
             cpus.extend(range(a, b + 1))
     except ValueError:

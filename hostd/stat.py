@@ -19,7 +19,6 @@ import shutil
 import sys
 import time
 
-from hostd import control
 from hostd.control import Client, DaemonError, NoDaemon
 from hostd.errors import UsageError
 from vcpu import abi
@@ -148,12 +147,21 @@ def compute(cur: dict, prev: dict | None, pattern: re.Pattern | None) -> dict:
 
 
 # --- rendering ----------------------------------------------------------------------------
-def _num(x: float | int | None) -> str:
+def _num(x: float | int | None, width: int = 0) -> str:
+    """A number as kvm_stat prints it; too wide for its column, with an SI suffix (5.39G)."""
     if x is None:
         return "-"
     if isinstance(x, float) and x != int(x) and abs(x) < 100:
         return f"{x:.1f}"
-    return f"{int(round(x)):d}"
+    text = f"{int(round(x)):d}"
+    if width and len(text) >= width:
+        for div, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(x) >= div:
+                return f"{x / div:.3g}{suffix}"
+    return text
+
+
+GUEST_ONLY = ("guest_halt_poll_success", "guest_halt_poll_fail", "guest_halt_poll_ns", "guest_poll_ns")
 
 
 def _pct(x: float | None) -> str:
@@ -182,9 +190,11 @@ def render_table(view: dict, width: int | None = None) -> str:
             head += f" |{'vcpu' + str(v['index']):>{vt_w}}{'/s':>{vr_w}}"
         lines.append(head)
         for k, total in vm["totals"].items():
-            row = f" {k:<{name_w}.{name_w}}{_num(total):>{tot_w}}{_num(vm['rates'].get(k)):>{rate_w}}"
+            if k in GUEST_ONLY and vm["policy"] != "guest-haltpoll":
+                continue  # always 0 without the guest's haltpoll driver
+            row = f" {k:<{name_w}.{name_w}}{_num(total, tot_w):>{tot_w}}{_num(vm['rates'].get(k), rate_w):>{rate_w}}"
             for v in vcpus[:shown]:
-                row += f" |{_num(v['totals'].get(k)):>{vt_w}}{_num(v['rates'].get(k)):>{vr_w}}"
+                row += f" |{_num(v['totals'].get(k), vt_w):>{vt_w}}{_num(v['rates'].get(k), vr_w):>{vr_w}}"
             lines.append(row)
         if vcpus[:shown]:
             row = f" {'host CPU % (avg, now)':<{name_w}}{'':>{tot_w}}{'':>{rate_w}}"
@@ -316,40 +326,78 @@ def _log(fetch, interval: float, count: int | None, pattern) -> int:
 
 
 def _live(fetch, interval: float, count: int | None, pattern) -> int:
+    """The refreshing screen. Keys: q quit, v cycle the VM shown (all, vm0, vm1, ...),
+    j/k or the arrows scroll a line, space/b a page, g back to the top."""
     tty = sys.stdin.isatty() and sys.stdout.isatty()
     old = None
     if tty:
         import termios
         import tty as ttymod
 
-        fd = sys.stdin.fileno()
-        old = termios.tcgetattr(fd)
-        ttymod.setcbreak(fd)
+        old = termios.tcgetattr(sys.stdin.fileno())
+        ttymod.setcbreak(sys.stdin.fileno())
         sys.stdout.write("\x1b[?1049h\x1b[?25l")  # alternate screen, hide the cursor
     try:
         prev = fetch()
         view = compute(prev, None, pattern)
-        n = 0
+        n, offset, only = 0, 0, None
+        deadline: float | None = None
         while True:
-            size = shutil.get_terminal_size((160, 50))
-            text = render_table(view, size.columns if tty else None)
-            lines = [ln[: size.columns] for ln in text.split("\n")][: size.lines - 1] if tty else text.split("\n")
-            if tty:
-                sys.stdout.write("\x1b[H" + "\x1b[K\n".join(lines) + "\x1b[K\n\x1b[J"
-                                 + "q: quit".ljust(min(size.columns, 20)))
+            ids = [vm["id"] for vm in view["vms"]]
+            if only not in ids:
+                only = None
+            shown = view if only is None else {**view, "vms": [vm for vm in view["vms"] if vm["id"] == only]}
+            if not tty:
+                sys.stdout.write(render_table(shown) + "\n\n")
+                sys.stdout.flush()
             else:
-                sys.stdout.write("\n".join(lines) + "\n\n")
-            sys.stdout.flush()
+                size = shutil.get_terminal_size((160, 50))
+                lines = render_table(shown, size.columns).split("\n")
+                room = max(1, size.lines - 1)
+                offset = max(0, min(offset, len(lines) - room))
+                page = [ln[: size.columns] for ln in lines[offset: offset + room]]
+                more = f"lines {offset + 1}-{offset + len(page)} of {len(lines)}, j/k space/b scroll  " \
+                    if len(lines) > room else ""
+                status = f"q quit  v VM: {only or 'all'}  {more}"
+                sys.stdout.write("\x1b[H" + "\x1b[K\n".join(page) + "\x1b[K\n\x1b[J"
+                                 + "\x1b[7m" + status[: size.columns - 1] + "\x1b[0m")
+                sys.stdout.flush()
             if count is not None and n >= count:
                 return 0
-            deadline = time.monotonic() + interval
-            while (left := deadline - time.monotonic()) > 0:
-                if tty:
-                    r, _, _ = select.select([sys.stdin], [], [], left)
-                    if r and os.read(sys.stdin.fileno(), 32).strip().lower().startswith(b"q"):
-                        return 0
-                else:
+            if deadline is None:
+                deadline = time.monotonic() + interval
+            redraw = False
+            while not redraw and (left := deadline - time.monotonic()) > 0:
+                if not tty:
                     time.sleep(left)
+                    continue
+                r, _, _ = select.select([sys.stdin], [], [], left)
+                if not r:
+                    continue
+                key = os.read(sys.stdin.fileno(), 32)
+                size = shutil.get_terminal_size((160, 50))
+                if key[:1] in (b"q", b"Q"):
+                    return 0
+                if key[:1] == b"v":
+                    order = [None, *ids]
+                    only = order[(order.index(only) + 1) % len(order)]
+                    offset = 0
+                elif key in (b"j", b"\x1b[B"):
+                    offset += 1
+                elif key in (b"k", b"\x1b[A"):
+                    offset = max(0, offset - 1)
+                elif key in (b" ", b"\x1b[6~"):
+                    offset += size.lines - 2
+                elif key in (b"b", b"\x1b[5~"):
+                    offset = max(0, offset - (size.lines - 2))
+                elif key == b"g":
+                    offset = 0
+                else:
+                    continue
+                redraw = True
+            if redraw:
+                continue
+            deadline = None
             cur = fetch()
             view = compute(cur, prev, pattern)
             prev = cur
@@ -361,6 +409,3 @@ def _live(fetch, interval: float, count: int | None, pattern) -> int:
             sys.stdout.write("\x1b[?25h\x1b[?1049l")
             sys.stdout.flush()
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, old)
-
-
-__all__ = ["register", "compute", "render_table", "hist_percentile", "control"]

@@ -67,3 +67,20 @@ def test_sigkill_of_hostd_takes_its_children_and_next_start_removes_the_segment(
     for name in left:
         assert name in r.stderr
         assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_a_vcpu_frozen_past_the_safety_net_is_late_not_lost(hostd):
+    """SIGSTOP a blocked vCPU for longer than the 1 s safety net while its ticks keep coming."""
+    p = hostd.popen("run", "--vcpus", "1", "--workload", "idle", "--tick-hz", "50", "--policy", "none",
+                    "--duration", "4", "--json")
+    procs = _wait_for_vcpus(hostd, p, 1)
+    vcpu = procs["vm0/vcpu0"]
+    vcpu.suspend()
+    time.sleep(1.6)
+    vcpu.resume()
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    import json
+    r = json.loads(out)
+    assert r["checks"]["exactly_once"] and r["checks"]["lost_wakeup"] == 0
+    assert r["vcpus"][0]["stats"]["irq_coalesced"] > 0  # ticks piled up while it was frozen

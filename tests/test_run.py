@@ -1,6 +1,4 @@
 """End to end: real VM process groups, measured; timings asserted only as ratios or bounds."""
-import os
-
 import numpy as np
 
 SECTION8_VCPU_STATS = {
@@ -26,7 +24,7 @@ def test_json_has_every_section8_key(hostd):
         assert PCT <= v["latency_ns"][path].keys()
     assert {"cpu_ns", "cpu_frac", "runq_wait_ns", "ctx_voluntary", "ctx_involuntary", "migrations"} <= v["host"].keys()
     assert {"name", "latency_ns", "latency_cycles"} <= r["workload"].keys()
-    assert r["checks"] == {"exactly_once": True, "lost_wakeup": 0, "ok": True}
+    assert r["checks"]["exactly_once"] and r["checks"]["lost_wakeup"] == 0 and r["checks"]["ok"]
 
 
 def test_timer_fixed_budget_polls_where_none_blocks(hostd):
@@ -105,12 +103,12 @@ def test_high_rate_io_closed_loop_keeps_exactly_once(hostd):
 def test_processes_name_themselves(hostd):
     p = hostd.popen("run", "--vcpus", "2", "--workload", "idle", "--duration", "3")
     import time
+    want = {"vm0/vcpu0", "vm0/vcpu1", "vm0/irqsrc"}
     names = set()
     deadline = time.monotonic() + 10
-    while len(names) < 3 and time.monotonic() < deadline:
+    while not want <= names and time.monotonic() < deadline:
         names = {k.name() for k in hostd.watch_children(p)}
         time.sleep(0.1)
-    assert {"vm0/vcpu0", "vm0/vcpu1", "vm0/irqsrc"} <= names
+    assert want <= names
     p.communicate(timeout=30)
     assert p.returncode == 0
-    assert not os.path.exists(f"/proc/{p.pid}/status") or p.returncode is not None

@@ -56,6 +56,7 @@ COUNTERS = (
     "irq_coalesced",
     "spurious_wakeup",
     "lost_wakeup",
+    "late_wakeup",  # the safety net fired first, but the kick did arrive within a grace period
     "guest_halt_poll_success",
     "guest_halt_poll_fail",
     "guest_halt_poll_ns",  # the guest governor's current poll_limit_ns
@@ -68,7 +69,11 @@ COUNTERS = (
 COUNTERS_BASE = 3 * LINE_WORDS
 C = {name: COUNTERS_BASE + i for i, name in enumerate(COUNTERS)}
 
-HISTS = ("halt_poll_success_hist", "halt_poll_fail_hist", "halt_wait_hist")
+HISTS = (
+    "halt_poll_success_hist", "halt_poll_fail_hist", "halt_wait_hist",
+    # Emulator-only: wake latency by path, for live percentiles while a VM runs.
+    "wake_latency_poll_hist", "wake_latency_block_hist",
+)
 _HIST_BASE = COUNTERS_BASE + -(-len(COUNTERS) // LINE_WORDS) * LINE_WORDS
 HIST = {name: _HIST_BASE + i * HIST_BUCKETS for i, name in enumerate(HISTS)}
 
