@@ -547,9 +547,7 @@ def main_launch(args: argparse.Namespace) -> int:
     if isinstance(rep, int):
         return rep
     if args.json:
-        json.dump(_clean(rep), sys.stdout)
-        sys.stdout.write("\n")
-        return 0
+        return _print_json(rep)
     sys.stdout.write(f"{rep['vm']}\n")
     cpus = [v["cpu"] for v in rep["vcpu"]]
     sys.stderr.write(f"{rep['vm']}: {rep['vcpus']} vCPU(s) pids {[v['pid'] for v in rep['vcpu']]} on CPUs {cpus}, "
@@ -562,6 +560,12 @@ def main_launch(args: argparse.Namespace) -> int:
 
 def _clean(rep: dict) -> dict:
     return {k: v for k, v in rep.items() if k not in ("ok", "v")}
+
+
+def _print_json(rep: dict) -> int:
+    json.dump(_clean(rep), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
 
 
 def _uptime(s: float) -> str:
@@ -580,9 +584,7 @@ def main_ps(args: argparse.Namespace) -> int:
     if isinstance(rep, int):
         return rep
     if args.json:
-        json.dump(_clean(rep), sys.stdout)
-        sys.stdout.write("\n")
-        return 0
+        return _print_json(rep)
     out = sys.stdout
     d = rep["daemon"]
     out.write(f"daemon pid {d['pid']}, up {_uptime(d['uptime_s'])}, {len(rep['vms'])} VM(s), "
