@@ -120,7 +120,7 @@ class Vm:
     def _push(self, endpoint: str) -> zmq.Socket:
         s = self._ctx.socket(zmq.PUSH)
         s.setsockopt(zmq.SNDHWM, 0)
-        s.connect(endpoint)
+        abi.connect(s, endpoint)
         return s
 
     def _recv_ctl(self, deadline: float, watch: set[str] | None = None) -> dict:

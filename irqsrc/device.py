@@ -34,7 +34,8 @@ class Device:
         for i in range(n):
             s = ctx.socket(zmq.PUSH)
             s.setsockopt(zmq.SNDHWM, 4096)
-            s.connect(abi.kick_endpoint(run_dir, i))
+            abi.connect(s, abi.kick_endpoint(run_dir, i))
+            s.send(b"\x02")  # the greeting, queued until the vCPU has bound
             self.kicks.append(s)
         self.injector = Injector(words, self.kicks)
         self.timers = TimerSource()
@@ -43,6 +44,7 @@ class Device:
         self.io_queue: collections.deque[int] = collections.deque()
         self.running = False
         self.stopping = False
+        self.greeted: set[int] = set()
 
     def _handle(self, msg: list) -> None:
         kind = msg[0]
@@ -56,6 +58,15 @@ class Device:
                 self.ticks.start(time.monotonic_ns())
         elif kind == abi.REQ_STOP:
             self.stopping = True
+        elif kind == abi.REQ_HELLO:
+            self.greeted.add(msg[1])
+
+    def await_greetings(self, n: int) -> None:
+        """Ready only once every vCPU's request path is proven to reach us."""
+        self.req.setsockopt(zmq.RCVTIMEO, abi.HELLO_TIMEOUT_MS)
+        while len(self.greeted) < n:
+            self._handle(msgpack.unpackb(self.req.recv()))
+        self.req.setsockopt(zmq.RCVTIMEO, -1)
 
     def _drain(self) -> None:
         req = self.req
@@ -124,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     words = abi.attach(spec["shm"])
     ctx = zmq.Context()
     ctl = ctx.socket(zmq.PUSH)
-    ctl.connect(abi.control_endpoint(args.run_dir))
+    abi.connect(ctl, abi.control_endpoint(args.run_dir))
     device = None
     try:
         device = Device(spec, args.run_dir, words, ctx)
+        device.await_greetings(spec["vcpus"])
         ctl.send(msgpack.packb({"kind": "ready", "who": "irqsrc", "pid": os.getpid()}))
         device.serve()
         ctl.send(msgpack.packb(device.report()))

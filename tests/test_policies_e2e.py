@@ -68,8 +68,11 @@ def test_live_halt_poll_ns_change_takes_effect_on_the_next_halt():
         time.sleep(0.7)
         after = vm.counters(0)
         exits = after["halt_exits"] - before["halt_exits"]
+        polled = after["halt_attempted_poll"] - before["halt_attempted_poll"]
         polled_ok = after["halt_successful_poll"] - before["halt_successful_poll"]
-        assert exits > 100 and polled_ok > 0.8 * exits
+        # Every halt after the change polls (the halt in flight at the change may not).
+        assert exits > 100 and polled >= exits - 1
+        assert polled_ok > 0.5 * exits  # 2 ms against a 500 us timer: most end inside the poll
         assert after["halt_poll_ns"] == 2_000_000
         vm.stop()
     finally:

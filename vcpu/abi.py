@@ -13,6 +13,8 @@ import os
 import secrets
 import signal
 
+import zmq
+
 WORD = 8
 LINE_WORDS = 64 // WORD
 HIST_BUCKETS = 32  # KVM's HALT_POLL_HIST_COUNT: log2 buckets, index = fls64(value)
@@ -142,7 +144,19 @@ def control_endpoint(run_dir: str) -> str:
 SPEC_FILE = "spec.msgpack"
 
 # Device request kinds (first element of a msgpack list).
-REQ_IO, REQ_ARM, REQ_GO, REQ_STOP = range(4)
+REQ_IO, REQ_ARM, REQ_GO, REQ_STOP, REQ_HELLO = range(5)
+
+# Readiness proves both wake paths connected: the device greets each vCPU with one kick
+# frame and each vCPU greets the device with REQ_HELLO; nobody reports ready before its
+# greeting arrived, so no interrupt of the run waits on a ZeroMQ reconnect (100 ms default).
+RECONNECT_IVL_MS = 2
+HELLO_TIMEOUT_MS = 15_000
+
+
+def connect(sock: zmq.Socket, endpoint: str) -> None:
+    """Connect, retrying quickly: the peer may bind an instant after we start."""
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.connect(endpoint)
 
 
 # Conventions every child process follows (part of the contract: hostd relies on them).

@@ -49,10 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     kick = ctx.socket(zmq.PULL)
     kick.bind(abi.kick_endpoint(args.run_dir, index))
     req = out_ctx.socket(zmq.PUSH)
-    req.connect(abi.device_endpoint(args.run_dir))
+    abi.connect(req, abi.device_endpoint(args.run_dir))
     ctl = out_ctx.socket(zmq.PUSH)
-    ctl.connect(abi.control_endpoint(args.run_dir))
+    abi.connect(ctl, abi.control_endpoint(args.run_dir))
     try:
+        req.send(msgpack.packb((abi.REQ_HELLO, index)))
+        kick.setsockopt(zmq.RCVTIMEO, abi.HELLO_TIMEOUT_MS)
+        kick.recv()  # the device's greeting: its kicks reach us
+        kick.setsockopt(zmq.RCVTIMEO, -1)
         ctl.send(msgpack.packb({"kind": "ready", "who": "vcpu", "index": index, "pid": os.getpid()}))
         # hostd sets RUN once every process is up, then kicks us.
         while not (words[abi.H_RUN] or words[abi.H_STOP]):
