@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from dataclasses import dataclass
 
 import psutil
@@ -80,3 +81,57 @@ def cpuidle_usage(cpus: list[int]) -> dict[int, dict[str, int]]:
         if states:
             out[cpu] = states
     return out
+
+
+# --- load from others on our CPUs (so a noisy neighbour is measured, not guessed) -----------
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_busy_s(cpus: list[int]) -> float:
+    """Seconds the given CPUs spent busy (any process, any mode) since boot, from /proc/stat."""
+    want = {f"cpu{c}" for c in cpus}
+    busy = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, _, rest = line.partition(" ")
+            if name in want:
+                v = [int(x) for x in rest.split()[:8]]
+                v += [0] * (8 - len(v))
+                # user nice system ... steal: interrupt time is left out (our own I/O's
+                # completions land there); steal is in (a hypervisor taking the CPU is a neighbour).
+                busy += v[0] + v[1] + v[2] + v[7]
+    return busy / _CLK_TCK
+
+
+def kernel_threads_cpu_s() -> float:
+    """CPU seconds of every kernel thread (children of kthreadd): the writeback and journal work
+    our own O_DSYNC writes cause runs there, so it is not counted as a neighbour."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == "2" or name == "2":  # ppid
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _CLK_TCK
+
+
+def own_cpu_s(pids: list[int]) -> float:
+    """CPU seconds of this process, the given children, and the kernel's threads."""
+    total = time.process_time() + kernel_threads_cpu_s()
+    for pid in pids:
+        try:
+            total += process_stats(pid).cpu_ns / 1e9
+        except (ProcessLookupError, OSError):
+            pass
+    return total
+
+
+def foreign_load(busy_s: float, own_s: float, window_s: float) -> float:
+    """Cores' worth of CPU that anything but us used on our CPUs during the window: 0 on a quiet
+    machine, 1 when a busy neighbour ran throughout."""
+    return max(0.0, busy_s - own_s) / window_s if window_s > 0 else 0.0

@@ -111,7 +111,11 @@ def build(vm: Vm, tsc_khz: int) -> dict:
         },
         "vcpus": vcpus,
         "workload": _workload(spec.workload, vcpus, np.concatenate(all_lat), dev, seconds, tsc_khz),
-        "host_cpus": {"cpuidle_entries": {str(k): v for k, v in win.idle_delta.items()}},
+        "host_cpus": {
+            "cpuidle_entries": {str(k): v for k, v in win.idle_delta.items()},
+            # Cores' worth of CPU others used on this VM's CPUs: a noisy neighbour, measured.
+            "foreign_load": round(win.foreign_load, 4),
+        },
         "device": {
             "kicks_dropped": dev["kicks_dropped"],
             "timer_lateness_ns": percentiles(_arr(dev, "timer_late_ns")),

@@ -25,7 +25,7 @@ class Terminated(Exception):
     """SIGTERM arrived: unwind through the same teardown as Ctrl-C."""
 
 
-def _on_sigterm(signum, frame):
+def on_sigterm(signum, frame):
     raise Terminated()
 
 
@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out: {args.out!r} exists and is not a directory")
     remove_stale_segments()
-    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         result, vm = measure(spec, tsc_khz, progress=sys.stderr.isatty() and spec.duration_s >= 2)
     except (KeyboardInterrupt, Terminated):

@@ -42,7 +42,7 @@ from hostd.policy_options import tsc_khz_from_args
 from hostd.replay import replay
 from hostd.report import check_failures
 from hostd.results import vcpu_samples
-from hostd.run import Terminated, _on_sigterm, measure
+from hostd.run import Terminated, on_sigterm, measure
 from hostd.spec import _float, _int, add_vm_options, parse_duration, vm_spec_from_args
 from hostd.vm import ChildDied
 from vcpu.halt import PATH_BLOCK, PATH_POLL
@@ -541,7 +541,7 @@ def build_document(plan: Plan, points: list[dict], extra: dict) -> dict:
 def main(args: argparse.Namespace) -> int:
     plan = plan_from_args(args)
     remove_stale_segments()
-    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         points, extra = measure_sweep(plan, progress=True)
     except (KeyboardInterrupt, Terminated):

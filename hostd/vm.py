@@ -57,9 +57,12 @@ class Window:
     t0_ns: int
     tasks: dict[int, hoststats.TaskStats]
     idle: dict[int, dict[str, int]]
+    busy_s: float = 0.0  # the VM's CPUs' busy time and our own CPU time, at the start
+    own_s: float = 0.0
     t1_ns: int = 0
     delta: dict[int, hoststats.TaskStats] = field(default_factory=dict)
     idle_delta: dict[int, dict[str, int]] = field(default_factory=dict)
+    foreign_load: float = 0.0
 
 
 class Vm:
@@ -155,7 +158,9 @@ class Vm:
     # --- run ------------------------------------------------------------------------------
     def go(self) -> None:
         """Start the guests and open the measurement window."""
-        self.window = Window(time.monotonic_ns(), self._task_stats(), hoststats.cpuidle_usage(self._cpus()))
+        cpus = self._cpus()
+        self.window = Window(time.monotonic_ns(), self._task_stats(), hoststats.cpuidle_usage(cpus),
+                             hoststats.cpu_busy_s(cpus), hoststats.own_cpu_s(self.child_pids()))
         self.started_ns = self.window.t0_ns
         self.words[abi.H_RUN] = 1
         for k in self._kicks:
@@ -213,6 +218,11 @@ class Vm:
         win = self.window
         if win is not None:
             win.t1_ns = time.monotonic_ns()
+            win.foreign_load = hoststats.foreign_load(
+                hoststats.cpu_busy_s(self._cpus()) - win.busy_s,
+                hoststats.own_cpu_s(self.child_pids()) - win.own_s,
+                (win.t1_ns - win.t0_ns) / 1e9,
+            )
             end = self._task_stats()
             win.delta = {i: end[i] - win.tasks[i] for i in end}
             idle_end = hoststats.cpuidle_usage(self._cpus())

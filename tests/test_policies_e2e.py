@@ -1,7 +1,6 @@
 """Policies in real process groups: adaptive, guest-haltpoll, idle-poll, live parameters, replay."""
 import json
 import os
-import sys
 import time
 
 from hostd.spec import VmSpec, place

@@ -1,0 +1,259 @@
+"""`hostd compare`: the pure aggregation and verdict, the CLI's errors, and one quick run end to end."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+
+import pytest
+
+from hostd import compare, hoststats
+from hostd.errors import UsageError
+
+
+# --- pure aggregation ---------------------------------------------------------------------------
+
+def test_summarize_is_median_with_min_max_and_skips_missing() -> None:
+    assert compare.summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert compare.summarize([4, 1, None, 2, 10]) == {"median": 3.0, "min": 1, "max": 10, "n": 4}
+    assert compare.summarize([None, None]) == {"median": None, "min": None, "max": None, "n": 0}
+    assert compare.summarize([7]) == {"median": 7, "min": 7, "max": 7, "n": 1}
+
+
+def _io(policy: str, rep: int, writes: float, exits: int = 100, ok: int = 50) -> dict:
+    return {"id": compare.run_id("io", policy, rep), "experiment": "io", "policy": policy, "repeat": rep,
+            "metrics": {"writes_per_s": writes, "halt_exits": exits, "halt_successful_poll": ok,
+                        "poll_success_pct": 100.0 * ok / exits if exits else None}}
+
+
+def test_aggregate_pct_of_idle_poll_is_per_repeat_then_median() -> None:
+    runs = [
+        _io("idle-poll", 1, 1000.0), _io("fixed", 1, 900.0), _io("none", 1, 300.0),
+        _io("idle-poll", 2, 2000.0), _io("fixed", 2, 1900.0), _io("none", 2, 1000.0),
+        _io("idle-poll", 3, 1000.0), _io("fixed", 3, 800.0), _io("none", 3, 400.0),
+    ]
+    s = compare.aggregate(runs)["io"]
+    assert list(s) == ["none", "fixed", "idle-poll"]  # the run order of policies, not input order
+    fixed = s["fixed"]
+    assert fixed["writes_per_s"] == {"median": 900.0, "min": 800.0, "max": 1900.0, "n": 3,
+                                     "runs": ["io/fixed/r1", "io/fixed/r2", "io/fixed/r3"]}
+    # Per repeat: 90%, 95%, 80% -> median 90, not 900 / 1000 of the medians by accident only.
+    assert fixed["pct_of_idle_poll"]["median"] == pytest.approx(90.0)
+    assert fixed["pct_of_idle_poll"]["min"] == pytest.approx(80.0)
+    assert fixed["pct_of_idle_poll"]["max"] == pytest.approx(95.0)
+    assert "io/idle-poll/r2" in fixed["pct_of_idle_poll"]["runs"]  # traceable to both runs
+    assert s["none"]["pct_of_idle_poll"]["median"] == pytest.approx(40.0)  # 30, 50, 40
+    assert s["idle-poll"]["pct_of_idle_poll"] == {"median": 100.0, "min": 100.0, "max": 100.0, "n": 3,
+                                                  "runs": ["io/idle-poll/r1", "io/idle-poll/r2", "io/idle-poll/r3"]}
+
+
+def test_aggregate_idle_and_timer_cells() -> None:
+    runs = [{"id": f"idle/none/r{r}", "experiment": "idle", "policy": "none", "repeat": r,
+             "metrics": {"cpu_pct_per_vcpu": c, "halts_per_s": 10.0, "failed_polls_per_s": 0.0}}
+            for r, c in ((1, 0.3), (2, 0.1), (3, 0.2))]
+    runs.append({"id": "timer/fixed/r1", "experiment": "timer", "policy": "fixed", "repeat": 1,
+                 "metrics": {"p50_ns": None, "p50_cycles": None}})
+    s = compare.aggregate(runs)
+    assert s["idle"]["none"]["cpu_pct_per_vcpu"]["median"] == pytest.approx(0.2)
+    assert s["timer"]["fixed"]["p50_ns"]["median"] is None  # no wake at all: shown as "-"
+    assert compare.cell(s["timer"]["fixed"]["p50_ns"]) == "-"
+    assert compare.cell(s["idle"]["none"]["cpu_pct_per_vcpu"], 2, "%") == "0.20% (0.10-0.30)"
+    assert compare.cell({"median": 5278.6, "min": 5278.6, "max": 5278.6, "n": 1}) == "5,279"
+
+
+def test_schedule_interleaves_policies_and_rotates_their_order() -> None:
+    plan = compare.Plan(quick=False, repeat=2, tick_hz=2.5, tsc_khz=2_000_000, out="x",
+                        durations=dict(compare.DURATIONS[False]))
+    sched = plan.schedule()
+    assert len(sched) == 2 * (5 + 5 + 3)
+    first = [p for r, e, p in sched if r == 1 and e == "io"]
+    second = [p for r, e, p in sched if r == 2 and e == "io"]
+    assert first == ["none", "fixed", "adaptive", "guest-haltpoll", "idle-poll"]
+    assert second == ["fixed", "adaptive", "guest-haltpoll", "idle-poll", "none"]
+    assert [r for r, _, _ in sched] == sorted(r for r, _, _ in sched)  # every policy once before the next repeat
+    # The seed's 2,000,000 cycles at 2 GHz: 1 ms.
+    assert plan.fixed_ns == 1_000_000
+    assert plan.policy_spec("fixed").halt_poll_ns == 1_000_000
+    assert plan.policy_spec("adaptive").halt_poll_ns == 200_000
+    assert plan.policy_spec("guest-haltpoll").host_policy == "none"
+    assert plan.vm_spec("idle", "none").vcpus == 4
+
+
+MEDIANS = {
+    "io": {"none": {"writes_per_s": 2000.0, "pct_of_idle_poll": 30.0},
+           "fixed": {"writes_per_s": 6500.0, "pct_of_idle_poll": 97.4},
+           "adaptive": {"writes_per_s": 6000.0, "pct_of_idle_poll": 90.0},
+           "guest-haltpoll": {"writes_per_s": 6400.0, "pct_of_idle_poll": 96.0},
+           "idle-poll": {"writes_per_s": 6670.0, "pct_of_idle_poll": 100.0}},
+    "idle": {"none": {"cpu_pct_per_vcpu": 0.1, "halts_per_s": 10.0, "failed_polls_per_s": 0.0},
+             "fixed": {"cpu_pct_per_vcpu": 1.9, "halts_per_s": 10.0, "failed_polls_per_s": 9.0},
+             "adaptive": {"cpu_pct_per_vcpu": 0.2, "halts_per_s": 10.0, "failed_polls_per_s": 0.0},
+             "guest-haltpoll": {"cpu_pct_per_vcpu": 0.5, "halts_per_s": 10.0, "failed_polls_per_s": 0.0},
+             "idle-poll": {"cpu_pct_per_vcpu": 100.0, "halts_per_s": 0.0, "failed_polls_per_s": 0.0}},
+    "timer": {"none": {"p50_cycles": 60000}, "fixed": {"p50_cycles": 600}, "adaptive": {"p50_cycles": 50000}},
+}
+
+
+def test_verdict_is_computed_from_the_numbers() -> None:
+    v = compare.verdict(MEDIANS, fixed_ns=770_380, overcommit=True, cores=2)
+    assert "770 us" in v
+    assert "reached 97% of idle-poll's writes/s (seed: 99%)" in v
+    assert "3.2x the 2,000 writes/s of no polling (30% of idle-poll)" in v
+    assert "at 1.90% of a core per idle vCPU against 0.10% of a core without polling" in v
+    assert "adaptive 90% at 0.20% of a core; guest-haltpoll 96% at 0.50% of a core" in v
+    assert "600 cycles with fixed vs 60,000 cycles without polling, 100x lower" in v
+    assert "90% of those polls failed" in v
+    assert "is reproduced here, at an idle cost within the seed's 1.5-2.5%" in v
+    assert "overcommitted (4 vCPUs + device on 2 CPUs)" in v
+
+
+def test_verdict_follows_other_numbers() -> None:
+    m = json.loads(json.dumps(MEDIANS))
+    m["io"]["fixed"]["pct_of_idle_poll"] = 60.0
+    m["idle"]["fixed"]["cpu_pct_per_vcpu"] = 0.4
+    v = compare.verdict(m, fixed_ns=1_000_000)
+    assert "reached 60% of idle-poll" in v
+    assert "is not reproduced here, at an idle cost below the seed's" in v
+    assert "overcommitted" not in v
+    m["io"]["fixed"]["pct_of_idle_poll"] = 85.0
+    m["idle"]["fixed"]["cpu_pct_per_vcpu"] = 3.0
+    v = compare.verdict(m, fixed_ns=1_000_000)
+    assert "is largely reproduced here, at an idle cost above" in v
+    m["io"]["fixed"]["pct_of_idle_poll"] = 300.0  # idle-poll starved by a neighbour
+    v = compare.verdict(m, fixed_ns=1_000_000)
+    assert "probably starved of its CPU" in v and "reproduced here" not in v
+    # Missing cells never crash the verdict.
+    assert "n/a" in compare.verdict({"io": {"fixed": {}}}, fixed_ns=1)
+
+
+def test_foreign_load_is_busy_time_not_ours_in_cores() -> None:
+    # The VM's CPUs were busy 3 s of a 2 s window (2 CPUs), 2 s of it ours: half a core of neighbours.
+    assert hoststats.foreign_load(3.0, 2.0, 2.0) == pytest.approx(0.5)
+    assert hoststats.foreign_load(1.9, 2.0, 2.0) == 0.0  # jiffy rounding never goes negative
+    assert hoststats.foreign_load(1.0, 0.0, 0.0) == 0.0
+    assert hoststats.cpu_busy_s([0]) > 0
+
+
+def test_disturbance_names_its_cause_only_where_it_matters() -> None:
+    def res(attempted, invalid):
+        return {"vcpus": [{"stats": {"halt_attempted_poll": attempted, "halt_poll_invalid": invalid}}]}
+    quiet = res(1500, 15)
+    assert compare.disturbance("io", "fixed", quiet, 0.05) is None
+    assert compare.disturbance("io", "none", quiet, 0.6) == "other processes used 0.60 of a core beside it"
+    assert compare.disturbance("timer", "fixed", res(1500, 1100), 0.05) == \
+        "73% of its polls were cut short by preemption"
+    assert compare.disturbance("timer", "fixed", res(10, 9), 0.0) is None  # too few polls to say
+    # A halting idle guest leaves its CPU to whoever wants it; idle-poll's share is what it reports.
+    assert compare.disturbance("idle", "none", quiet, 0.99) is None
+    assert compare.disturbance("idle", "idle-poll", res(0, 0), 0.5) is not None
+
+
+# --- CLI errors ---------------------------------------------------------------------------------
+
+def _args(*argv: str) -> argparse.Namespace:
+    from hostd.cli import build_parser
+    return build_parser().parse_args(["compare", *argv])
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (("--repeat", "0"), "--repeat"),
+    (("--repeat", "two"), "--repeat"),
+    (("--tick-hz", "-1"), "--tick-hz"),
+    (("--tick-hz", "nan"), "--tick-hz"),
+    (("--tsc-khz", "0"), "--tsc-khz"),
+])
+def test_bad_options_are_usage_errors(argv, msg, tmp_path) -> None:
+    with pytest.raises(UsageError, match=msg):
+        compare.plan_from_args(_args(*argv, "--out", str(tmp_path / "o")))
+
+
+def test_out_must_not_be_a_file(tmp_path, hostd) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = hostd.run("compare", "--quick", "--out", str(f), timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "--out" in r.stderr and "Traceback" not in r.stderr
+    r = hostd.run("compare", "--repeat", "-3", timeout=60)
+    assert r.returncode == 2 and "--repeat" in r.stderr and "Traceback" not in r.stderr
+
+
+# --- end to end -------------------------------------------------------------------------------------
+
+def ordering_violations(doc: dict) -> list[str]:
+    """The issue's measured ordering (DESIGN §7's direction, not its magnitudes); [] if it holds."""
+    s = doc["summary"]
+    w = {p: c["writes_per_s"]["median"] for p, c in s["io"].items()}
+    cpu = {p: c["cpu_pct_per_vcpu"]["median"] for p, c in s["idle"].items()}
+    t50 = {p: c["p50_ns"]["median"] for p, c in s["timer"].items()}
+    checks = [
+        (w["idle-poll"] >= 0.9 * w["fixed"], f"writes/s idle-poll >= 0.9 x fixed: {w}"),
+        (w["fixed"] > w["none"], f"writes/s fixed > none: {w}"),
+        # adaptive and guest-haltpoll never poll on a 400 ms idle halt (their budgets stay 0), so
+        # they cost what none costs up to noise: none is the lowest within 10%, below every poller.
+        (cpu["none"] <= 1.1 * min(cpu.values()), f"idle CPU none lowest: {cpu}"),
+        (cpu["fixed"] > cpu["none"], f"idle CPU fixed > none: {cpu}"),
+        (cpu["idle-poll"] > cpu["none"], f"idle CPU idle-poll > none: {cpu}"),
+        (t50["fixed"] < t50["none"], f"timer p50 fixed < none: {t50}"),
+    ]
+    return [msg for ok, msg in checks if not ok]
+
+
+def quick_compare(hostd, out) -> dict:
+    r = hostd.run("compare", "--quick", "--out", str(out), "--json", timeout=110)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    for run in doc["runs"]:  # let the fixture prove every vCPU process is gone
+        hostd.seen.update(v["pid"] for v in run["result"]["vcpus"])
+    return doc
+
+
+@pytest.mark.timeout(240)
+def test_quick_compare_end_to_end(tmp_path, hostd) -> None:
+    out = tmp_path / "res"
+    doc = quick_compare(hostd, out)
+    # The folder is complete, and results.json is what --json printed.
+    files = set(os.listdir(out))
+    expected = {"results.json", "io.csv", "idle.csv", "timer.csv", "io_runs.csv", "idle_runs.csv",
+                "timer_runs.csv", "wake_latency_cdf.png", "throughput_vs_idle_cpu.png", "timer_latency.png"}
+    assert expected <= files, files
+    assert not [f for f in files if f.startswith(".tmp-")]
+    assert json.loads((out / "results.json").read_text()) == doc
+    for png in (f for f in expected if f.endswith(".png")):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "io.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["policy"] for row in rows] == ["none", "fixed", "adaptive", "guest-haltpoll", "idle-poll"]
+
+    assert doc["config"]["quick"] and doc["config"]["repeat"] == 1
+    assert len(doc["runs"]) == 13
+    assert doc["checks"]["ok"], doc["checks"]
+    assert all(run["result"]["checks"]["ok"] for run in doc["runs"])
+
+    # Every table number traces to a run: each summary cell names its runs, and their §8 results agree.
+    by_id = {run["id"]: run for run in doc["runs"]}
+    s = doc["summary"]
+    for pol, cell in s["io"].items():
+        (rid,) = cell["writes_per_s"]["runs"]
+        assert cell["writes_per_s"]["median"] == by_id[rid]["result"]["workload"]["ops_per_s"]
+    for pol, cell in s["idle"].items():
+        (rid,) = cell["cpu_pct_per_vcpu"]["runs"]
+        assert cell["cpu_pct_per_vcpu"]["median"] == 100 * by_id[rid]["result"]["workload"]["cpu_frac_per_vcpu"]
+        assert by_id[rid]["result"]["spec"]["vcpus"] == 4
+    for pol, cell in s["timer"].items():
+        (rid,) = cell["p50_ns"]["runs"]
+        assert cell["p50_ns"]["median"] == by_id[rid]["result"]["workload"]["latency_ns"]["p50"]
+    assert by_id["io/fixed/r1"]["result"]["spec"]["halt_poll_ns"] == doc["config"]["fixed_halt_poll_ns"]
+
+    assert "fixed polling" in doc["verdict"] and doc["seed"]["io_fixed_pct_of_idle_poll"] == 99.0
+
+    # The measured ordering on this machine. Other users' processes on the vCPU's CPU starve a
+    # spinning vCPU (idle-poll, a polling one) for whole time slices; compare re-measures such runs
+    # and flags what stays disturbed. Only then is the whole quick comparison measured once more.
+    bad = ordering_violations(doc)
+    if bad and doc["disturbed_runs"]:
+        first = (bad, doc["disturbed_runs"])
+        doc = quick_compare(hostd, tmp_path / "again")
+        bad = ordering_violations(doc)
+        assert not bad, f"{bad}; disturbed runs {doc['disturbed_runs']} (first attempt: {first})"
+    assert not bad, f"{bad}; runs' foreign load: {[(r['id'], r['foreign_load']) for r in doc['runs']]}"
