@@ -45,51 +45,46 @@ def timer(interval_us: int, duration_s: float) -> dict:
 
 
 # --- 4: injection throughput ------------------------------------------------------------------
-INJ_POLICY = ("--policy", "fixed", "--halt-poll-ns", "200000")
-INJ_MAX_COALESCED = 0.01   # at most 1% of injections merged into another (the backlog)
-INJ_MIN_PACE = 0.95        # the device injected at least 95% of the asked rate
+INJ_POLICIES = (("none",), ("fixed", "--halt-poll-ns", "200000"))
 
 
-def tick_run(vcpus: int, total_rate: float, duration_s: float) -> dict:
-    """An open-loop idle guest ticked at total_rate/vcpus Hz per vCPU; what came of it."""
-    per_vcpu = total_rate / vcpus
-    r = run_vm("--vcpus", str(vcpus), "--workload", "idle", "--tick-hz", f"{per_vcpu:.3f}", *INJ_POLICY,
-               duration_s=duration_s)
-    secs = r["spec"]["duration_s"]
-    injected = sum(v["stats"]["irq_injected"] for v in r["vcpus"])
-    delivered = sum(v["stats"]["irq_delivered"] for v in r["vcpus"])
-    coalesced = sum(v["stats"]["irq_coalesced"] for v in r["vcpus"])
-    pending = sum(v["accounting"]["pending_at_exit"] for v in r["vcpus"])
-    pace = injected / (total_rate * secs)
-    coal_frac = coalesced / injected if injected else 0.0
-    sustained = (checks_ok(r) and pace >= INJ_MIN_PACE and coal_frac <= INJ_MAX_COALESCED
-                 and pending <= vcpus)
-    return {
-        "asked_per_s": round(total_rate), "injected_per_s": round(injected / secs),
-        "delivered_per_s": round(delivered / secs), "coalesced_frac": round(coal_frac, 4),
-        "pending_at_exit": pending, "kicks_dropped": r["device"]["kicks_dropped"],
-        "exactly_once": r["checks"]["exactly_once"], "lost_wakeup": r["checks"]["lost_wakeup"],
-        "vcpu_cpus": r["spec"]["vcpu_cpus"], "device_cpu": r["spec"]["device_cpu"],
-        "duration_s": secs, "sustained": sustained,
-    }
+def injection(vcpus: int, duration_s: float) -> dict:
+    """Highest interrupt rate sustained with exactly-once intact and no backlog growth.
 
-
-def injection(vcpus: int, probe_s: float, verify_s: float, start_rate: float = 120_000.0,
-              steps: int = 4) -> dict:
-    """Highest sustained rate: overload once to see what the vCPUs can take, then verify at
-    90% of that and step down by 20% until a run is sustained (exactly-once, no lost wakeup,
-    the device on pace, <= 1% coalesced, nothing pending at the end)."""
-    trials = [tick_run(vcpus, start_rate, probe_s)]
-    rate = 0.9 * min(start_rate, trials[0]["delivered_per_s"])
-    best = 0
-    for _ in range(steps):
-        t = tick_run(vcpus, rate, verify_s)
-        trials.append(t)
-        if t["sustained"]:
-            best = t["delivered_per_s"]
-            break
-        rate *= 0.8
-    return {"rate_per_s": best, "trials": trials}
+    A closed loop: every vCPU submits a zero-time write (`io --io-service-ns 0`), halts, and is
+    woken by the completion interrupt the device injects at once. Each vCPU has at most one
+    interrupt outstanding, so the loop runs at the most the device + wake path can carry and a
+    backlog cannot build: the run checks that (nothing coalesced, nothing pending at the end),
+    exactly-once and no lost wakeup. Run under `none` (every wake through the block path) and
+    `fixed` 200 us (wakes mostly poll hits); the figure is the better one that passes.
+    """
+    runs = []
+    for pol in INJ_POLICIES:
+        r = run_vm("--vcpus", str(vcpus), "--workload", "io", "--io-service-ns", "0", "--policy", *pol,
+                   duration_s=duration_s)
+        secs = r["spec"]["duration_s"]
+        injected = sum(v["stats"]["irq_injected"] for v in r["vcpus"])
+        coalesced = sum(v["stats"]["irq_coalesced"] for v in r["vcpus"])
+        pending = sum(v["accounting"]["pending_at_exit"] for v in r["vcpus"])
+        ok = checks_ok(r) and coalesced == 0 and pending <= vcpus
+        runs.append({
+            "policy": " ".join(pol), "injected_per_s": round(injected / secs), "coalesced": coalesced,
+            "pending_at_exit": pending, "exactly_once": r["checks"]["exactly_once"],
+            "lost_wakeup": r["checks"]["lost_wakeup"], "sustained": ok,
+            "per_vcpu_per_s": [round(v["stats"]["irq_injected"] / secs) for v in r["vcpus"]],
+            # Where the vCPU side's time goes: host CPU (all threads) and context switches per interrupt.
+            "vcpu_cpu_us_per_irq": round(sum(v["host"]["cpu_ns"] for v in r["vcpus"]) / max(1, injected) / 1000, 1),
+            "vcpu_ctx_switches_per_irq": round(sum(v["host"]["ctx_voluntary"] + v["host"]["ctx_involuntary"]
+                                                   for v in r["vcpus"]) / max(1, injected), 2),
+            "vcpu_cpu_frac": [round(v["host"]["cpu_frac"], 3) for v in r["vcpus"]],
+            "poll_hits": sum(v["latency_ns"]["poll"]["count"] for v in r["vcpus"]),
+            "blocks": sum(v["latency_ns"]["block"]["count"] for v in r["vcpus"]),
+            "vcpu_cpus": r["spec"]["vcpu_cpus"], "device_cpu": r["spec"]["device_cpu"], "duration_s": secs,
+        })
+    good = [x for x in runs if x["sustained"]]
+    best = max(good, key=lambda x: x["injected_per_s"]) if good else None
+    return {"rate_per_s": best["injected_per_s"] if best else 0, "best_policy": best["policy"] if best else None,
+            "runs": runs}
 
 
 # --- 5: launch ----------------------------------------------------------------------------
@@ -131,6 +126,8 @@ def idle_cost(vcpus: int, tick_hz: float, budget_ns: int, duration_s: float) -> 
     secs = poll["spec"]["duration_s"]
     halts = sum(v["stats"]["halt_exits"] for v in poll["vcpus"]) / secs / vcpus
     invalid = sum(v["stats"]["halt_poll_invalid"] for v in poll["vcpus"])
+    attempted = sum(v["stats"]["halt_attempted_poll"] for v in poll["vcpus"])
+    polled_ns = sum(v["stats"]["halt_poll_fail_ns"] + v["stats"]["halt_poll_success_ns"] for v in poll["vcpus"])
     extra = poll["workload"]["cpu_frac_per_vcpu"] - base["workload"]["cpu_frac_per_vcpu"]
     return {
         "extra_cpu_frac": extra,
@@ -139,7 +136,16 @@ def idle_cost(vcpus: int, tick_hz: float, budget_ns: int, duration_s: float) -> 
         "expected_at_measured_rate": halts * budget_ns / 1e9,
         "cpu_frac_none": base["workload"]["cpu_frac_per_vcpu"],
         "cpu_frac_fixed": poll["workload"]["cpu_frac_per_vcpu"],
+        "halt_attempted_poll": attempted,
         "halt_poll_invalid": invalid,
+        # What the vCPUs themselves counted as polling, per second per vCPU: the measured extra
+        # CPU should match this even when preemption (halt_poll_invalid) cut polls short.
+        "polled_frac_accounted": polled_ns / 1e9 / secs / vcpus,
+        # Polls cut short by preemption (the need_resched() stand-in) do not burn their budget:
+        # the expectation counting only the polls that ran their whole budget.
+        "expected_uncut_polls": (attempted - invalid) / secs / vcpus * budget_ns / 1e9,
+        "ratio_vs_uncut_polls": extra / ((attempted - invalid) / secs / vcpus * budget_ns / 1e9)
+        if attempted > invalid else None,
         "checks_ok": checks_ok(base) and checks_ok(poll),
     }
 

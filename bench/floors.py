@@ -82,7 +82,9 @@ def ping_pong(kind: str, inject_cpu: int, wake_cpu: int, duration_s: float) -> d
         samples = np.array(w[peers.SAMPLES : peers.SAMPLES + n], dtype=np.int64)
         if n > 10:
             samples = samples[n // 20 :]  # drop the warm-up (first 5%)
-        return percentiles(samples)
+        out = percentiles(samples)
+        out["receiver_cpu_us_per_wake"] = round(w[peers.CPU_NS] / max(1, n) / 1000, 2)
+        return out
     finally:
         for p in procs:
             if p.poll() is None:
@@ -97,10 +99,12 @@ def ping_pong(kind: str, inject_cpu: int, wake_cpu: int, duration_s: float) -> d
         shm.unlink()
 
 
-def cyclictest(cpu: int, interval_us: int, duration_s: float) -> dict | None:
+def cyclictest(cpu: int, interval_us: int, duration_s: float, slack_ns: int | None = None) -> dict | None:
     """cyclictest, one SCHED_OTHER thread on `cpu`, every sample in ns; None where it is missing.
 
     --laptop: leave /dev/cpu_dma_latency alone, since the emulator's runs do not set it either.
+    slack_ns: start it with this timer slack (inherited across fork and exec) instead of the
+    default 50 us that a SCHED_OTHER thread's nanosleep otherwise adds.
     """
     exe = shutil.which("cyclictest")
     if exe is None:
@@ -108,8 +112,14 @@ def cyclictest(cpu: int, interval_us: int, duration_s: float) -> dict | None:
     loops = max(10, int(duration_s * 1e6 / interval_us))
     cmd = [exe, "-t", "1", "-a", str(cpu), "-i", str(interval_us), "-l", str(loops),
            "--policy=other", "-N", "-v", "--laptop"]
+    pre = None
+    if slack_ns is not None:
+        from vcpu import abi
+
+        def pre():
+            abi.set_timer_slack_ns(slack_ns)
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=duration_s * 3 + 30)
+                          timeout=duration_s * 3 + 30, preexec_fn=pre)
     if proc.returncode != 0:
         raise RuntimeError(f"cyclictest failed (exit {proc.returncode}): {proc.stderr.strip()[:200]}")
     lat = [int(m.group(1)) for m in re.finditer(r"^\s*0:\s*\d+:\s*(\d+)\s*$", proc.stdout, re.M)]
@@ -120,6 +130,7 @@ def cyclictest(cpu: int, interval_us: int, duration_s: float) -> dict | None:
         samples = samples[samples.size // 20 :]
     out = percentiles(samples)
     out["command"] = " ".join(cmd)
+    out["timer_slack_ns"] = slack_ns if slack_ns is not None else "default (50000)"
     return out
 
 

@@ -28,7 +28,7 @@ from vcpu import abi
 # Word layout of the floor segment (one writer per 64-byte line).
 SEQ, TS = 0, 1          # line 0: injector
 ACK = 8                 # line 1: receiver
-READY_I, READY_R, STOP, COUNT = 16, 17, 18, 19  # line 2: flags, sample count
+READY_I, READY_R, STOP, COUNT, CPU_NS = 16, 17, 18, 19, 20  # line 2: flags, sample count, receiver CPU
 SAMPLES = 24            # samples from here on
 
 GAP_MIN_NS = 20_000
@@ -51,6 +51,14 @@ def _spin_until(t_ns: int) -> None:
     now = time.monotonic_ns
     while now() < t_ns:
         pass
+
+
+def _cpu_ns() -> int:
+    """This process's CPU time, every thread (ZeroMQ's I/O threads included)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return int((r.ru_utime + r.ru_stime) * 1e9)
 
 
 def _wait_peer(w: memoryview, flag: int) -> None:
@@ -80,6 +88,7 @@ def shm_poll(w: memoryview, capacity: int) -> None:
     now = time.monotonic_ns
     ack = 0
     n = 0
+    c0 = _cpu_ns()
     w[READY_R] = 1
     while True:
         while w[SEQ] == ack:
@@ -93,6 +102,7 @@ def shm_poll(w: memoryview, capacity: int) -> None:
             n += 1
         w[ACK] = ack
     w[COUNT] = n
+    w[CPU_NS] = _cpu_ns() - c0
 
 
 def pipe_inject(w: memoryview, duration_ns: int, wfd: int, ackfd: int) -> None:
@@ -112,6 +122,7 @@ def pipe_inject(w: memoryview, duration_ns: int, wfd: int, ackfd: int) -> None:
 def pipe_wait(w: memoryview, capacity: int, rfd: int, ackfd: int) -> None:
     now = time.monotonic_ns
     n = 0
+    c0 = _cpu_ns()
     w[READY_R] = 1
     while True:
         data = os.read(rfd, 8)
@@ -123,6 +134,7 @@ def pipe_wait(w: memoryview, capacity: int, rfd: int, ackfd: int) -> None:
             n += 1
         os.write(ackfd, b"a")
     w[COUNT] = n
+    w[CPU_NS] = _cpu_ns() - c0
 
 
 def zmq_inject(w: memoryview, duration_ns: int, run_dir: str) -> None:
@@ -162,6 +174,7 @@ def zmq_wait(w: memoryview, capacity: int, run_dir: str) -> None:
     ack.connect(f"ipc://{run_dir}/ack")
     now = time.monotonic_ns
     n = 0
+    c0 = _cpu_ns()
     w[READY_R] = 1
     try:
         while True:
@@ -174,6 +187,7 @@ def zmq_wait(w: memoryview, capacity: int, run_dir: str) -> None:
                 n += 1
             ack.send(b"a")
         w[COUNT] = n
+        w[CPU_NS] = _cpu_ns() - c0
     finally:
         pull.close(linger=0)
         ack.close(linger=0)

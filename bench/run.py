@@ -24,17 +24,15 @@ class Mode:
     floor_s: float         # each ping-pong floor
     wake_s: float          # each emulator wake-path run
     timer_s: float         # emulator timer run and cyclictest each
-    inj_probe_s: float     # injection: the overload probe
-    inj_verify_s: float    # injection: each verification run (the "for 5 s")
-    inj_steps: int
+    inj_s: float           # injection: each closed-loop run
     launch_repeats: int
     rec_samples: int
     idle_s: float
     idle_vcpus: int
 
 
-FULL = Mode(3.0, 5.0, 5.0, 2.0, 5.0, 4, 3, 1_000_000, 5.0, 2)
-QUICK = Mode(0.7, 1.0, 1.0, 0.6, 1.0, 2, 1, 200_000, 1.5, 1)
+FULL = Mode(3.0, 5.0, 5.0, 5.0, 3, 1_000_000, 5.0, 2)
+QUICK = Mode(0.9, 1.0, 1.0, 1.0, 1, 200_000, 1.5, 1)
 
 INTERVAL_US = 500           # timer: the emulator's default, and cyclictest's -i
 IDLE_TICK_HZ = 100.0        # idle cost: a Windows-like 100 Hz tick ...
@@ -77,6 +75,21 @@ def _guard(fig: Figure, fn) -> None:
 
 
 # --- the figures ---------------------------------------------------------------------------
+FLOOR_CHUNKS = 3
+
+
+def _floor(kind: str, dev_cpu: int, vcpu_cpu: int, seconds: float) -> dict:
+    """A ping-pong floor in FLOOR_CHUNKS chunks; the chunk with the lowest p50 stands.
+
+    A floor is the least bare processes can see; a chunk that other tenants' load landed on
+    says nothing about that, and on a shared machine one often does.
+    """
+    chunks = [floors.ping_pong(kind, dev_cpu, vcpu_cpu, seconds / FLOOR_CHUNKS) for _ in range(FLOOR_CHUNKS)]
+    best = dict(min(chunks, key=lambda c: c["p50"] if c["p50"] is not None else float("inf")))
+    best["chunk_p50s"] = [c["p50"] for c in chunks]
+    return best
+
+
 def wake_paths(m: Mode, dev_cpu: int, vcpu_cpu: int) -> list[Figure]:
     poll = Figure("poll_path", "poll-path wake p50 (io, fixed 200us)", "ns",
                   floor_label="shm ping-pong p50", target="ratio <= 1.5")
@@ -87,7 +100,7 @@ def wake_paths(m: Mode, dev_cpu: int, vcpu_cpu: int) -> list[Figure]:
 
     def do_poll():
         _log("poll-hit floor: shm ping-pong")
-        f = floors.ping_pong("shm", dev_cpu, vcpu_cpu, m.floor_s)
+        f = _floor("shm", dev_cpu, vcpu_cpu, m.floor_s)
         _log("emulator poll path: io --io-service-ns 0, fixed 200000 ns")
         r = emu.io_wake(["--policy", "fixed", "--halt-poll-ns", "200000"], m.wake_s)
         lat = r["vcpus"][0]["latency_ns"]
@@ -99,9 +112,9 @@ def wake_paths(m: Mode, dev_cpu: int, vcpu_cpu: int) -> list[Figure]:
 
     def do_block():
         _log("block-path floor: pipe ping-pong")
-        f = floors.ping_pong("pipe", dev_cpu, vcpu_cpu, m.floor_s)
+        f = _floor("pipe", dev_cpu, vcpu_cpu, m.floor_s)
         _log("kick-transport floor: zmq ping-pong")
-        z = floors.ping_pong("zmq", dev_cpu, vcpu_cpu, m.floor_s)
+        z = _floor("zmq", dev_cpu, vcpu_cpu, m.floor_s)
         _log("emulator block path: io --io-service-ns 0, none")
         r = emu.io_wake(["--policy", "none"], m.wake_s)
         lat = r["vcpus"][0]["latency_ns"]
@@ -123,11 +136,14 @@ def wake_paths(m: Mode, dev_cpu: int, vcpu_cpu: int) -> list[Figure]:
 
 def timer(m: Mode, vcpu_cpu: int) -> Figure:
     fig = Figure("timer", f"timer latency p50 (none, {INTERVAL_US} us)", "ns",
-                 floor_label="cyclictest SCHED_OTHER p50", target="")
+                 floor_label="cyclictest SCHED_OTHER p50, slack 1 ns", target="")
 
     def do():
-        _log(f"kernel timer floor: cyclictest on CPU {vcpu_cpu}, {INTERVAL_US} us")
-        c = floors.cyclictest(vcpu_cpu, INTERVAL_US, m.timer_s)
+        # The emulator's device sets its timer slack to 1 ns (irqsrc/device.py); the comparable
+        # kernel floor is cyclictest with the same slack. The default-slack run is kept as detail.
+        _log(f"kernel timer floor: cyclictest on CPU {vcpu_cpu}, {INTERVAL_US} us, slack 1 ns and default")
+        c = floors.cyclictest(vcpu_cpu, INTERVAL_US, m.timer_s, slack_ns=1)
+        c_default = floors.cyclictest(vcpu_cpu, INTERVAL_US, m.timer_s) if c is not None else None
         _log("emulator timer: --workload timer --policy none")
         r = emu.timer(INTERVAL_US, m.timer_s)
         fig.value = r["workload"]["latency_ns"]["p50"]
@@ -141,6 +157,8 @@ def timer(m: Mode, vcpu_cpu: int) -> Figure:
         fig.floor = c["p50"]
         fig.ratio = _ratio(fig.value, fig.floor)
         fig.detail["cyclictest"] = c
+        fig.detail["cyclictest_default_slack"] = c_default
+        fig.detail["ratio_vs_default_slack"] = _ratio(fig.value, c_default["p50"])
 
     _guard(fig, do)
     return fig
@@ -153,8 +171,8 @@ def injection(m: Mode, ceiling: dict) -> list[Figure]:
                      floor_label="device inject() ceiling", target=">= 50000/s" if n == 2 else "")
 
         def do(fig=fig, n=n):
-            _log(f"injection throughput: {n} vCPU(s), idle tick sweep")
-            res = emu.injection(n, m.inj_probe_s, m.inj_verify_s, steps=m.inj_steps)
+            _log(f"injection throughput: {n} vCPU(s), closed io loop, none and fixed")
+            res = emu.injection(n, m.inj_s)
             fig.value = res["rate_per_s"]
             fig.floor = round(ceiling["per_s"])
             fig.ratio = _ratio(fig.value, fig.floor)
@@ -208,13 +226,13 @@ def record(m: Mode) -> Figure:
 
 def idle_cost(m: Mode) -> Figure:
     fig = Figure("idle_cost", f"idle extra CPU/vCPU ({IDLE_TICK_HZ:g} Hz, fixed {IDLE_BUDGET_NS // 1000} us)",
-                 "core", floor_label="expected R x B", target="ratio 0.8-1.25")
+                 "core", floor_label="expected R x B, R = measured halts/s", target="ratio 0.8-1.25")
 
     def do():
         _log(f"idle cost: {m.idle_vcpus} vCPU(s), {IDLE_TICK_HZ:g} Hz, none vs fixed {IDLE_BUDGET_NS} ns")
         r = emu.idle_cost(m.idle_vcpus, IDLE_TICK_HZ, IDLE_BUDGET_NS, m.idle_s)
         fig.value = r["extra_cpu_frac"]
-        fig.floor = r["expected_cpu_frac"]
+        fig.floor = r["expected_at_measured_rate"]
         fig.ratio = _ratio(fig.value, fig.floor)
         fig.met = fig.ratio is not None and 0.8 <= fig.ratio <= 1.25
         fig.detail = r
@@ -269,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     dev_cpu = 0 if dev_cpu is None else dev_cpu
     _log(f"{'quick' if args.quick else 'full'} run on {os.cpu_count()} CPUs; device CPU {dev_cpu}, vCPU CPU {vcpu_cpu}")
 
+    load0 = os.getloadavg()
+    if load0[0] > 0.5 * (os.cpu_count() or 1):
+        _log(f"warning: load average {load0[0]:.2f} on {os.cpu_count()} CPUs: other work shares the CPUs, "
+             "expect noisy figures (rerun on a quiet machine before concluding)")
     figs: list[Figure] = []
     figs += wake_paths(m, dev_cpu, vcpu_cpu)
     figs.append(timer(m, vcpu_cpu))
@@ -292,9 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         "injection_ceiling": ceiling,
         "figures": [asdict(f) for f in figs],
         "elapsed_s": round(time.monotonic() - t0, 1),
+        "loadavg_start": load0,
+        "loadavg_end": os.getloadavg(),
         "leftover_segments": leftovers,
     }
-    text = table(figs)
+    text = table(figs) + (
+        f"\n{'quick' if args.quick else 'full'} run, {os.cpu_count()} CPUs ({result['machine']['processor']}), "
+        f"device CPU {dev_cpu}, vCPU CPU {vcpu_cpu}; load average {load0[0]:.2f} at start, "
+        f"{result['loadavg_end'][0]:.2f} at end; {result['elapsed_s']} s")
     print(text, file=sys.stderr if args.json else sys.stdout)
     if args.json:
         json.dump(result, sys.stdout)

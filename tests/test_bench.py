@@ -1,0 +1,93 @@
+"""The benchmark in its reduced mode: every figure comes out with its floor and ratio, and
+nothing it started (processes, /dev/shm segments) outlives it."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = {
+    "poll_path", "block_path", "block_vs_zmq", "timer", "injection_1vcpu", "injection_2vcpu",
+    "injection_4vcpu", "launch_1vcpu", "launch_4vcpu", "recording", "idle_cost",
+}
+
+
+def _tagged_pids(tag: str) -> list[int]:
+    """Processes whose environment carries `tag`: everything the benchmark started."""
+    pids = []
+    needle = f"HPBENCH_TEST_TAG={tag}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _segments(pid: int) -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if f".{pid}." in n]
+
+
+def test_bench_quick(tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex
+    env = {**os.environ, "HPBENCH_TEST_TAG": tag}
+    out = tmp_path / "bench.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--quick", "--json", "--out", str(out)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=58)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"bench --quick took too long; stderr tail:\n{stderr[-2000:]}")
+    finally:
+        left = _tagged_pids(tag)
+        _kill(left)
+        segs = _segments(proc.pid)
+        for s in segs:
+            try:
+                os.unlink(f"/dev/shm/{s}")
+            except OSError:
+                pass
+
+    assert not left, f"processes left behind: {left}"
+    assert not segs, f"/dev/shm segments left behind: {segs}"
+    assert proc.returncode == 0, f"exit {proc.returncode}; stderr tail:\n{stderr[-2000:]}"
+    result = json.loads(stdout)
+    assert json.loads(out.read_text()) == result
+    figs = {f["key"]: f for f in result["figures"]}
+    assert set(figs) == FIGURES
+    cyclictest = bool(__import__("shutil").which("cyclictest"))
+    for key, f in figs.items():
+        assert f["error"] is None, (key, f["error"])
+        assert isinstance(f["value"], (int, float)) and f["value"] > 0, (key, f["value"])
+        if key == "timer" and not cyclictest:
+            assert "missing" in f["floor_label"]
+            continue
+        assert isinstance(f["floor"], (int, float)) and f["floor"] > 0, (key, f["floor"])
+        assert abs(f["ratio"] - f["value"] / f["floor"]) <= 1e-6 * max(1.0, f["ratio"]), key
+        if f["target"]:
+            assert isinstance(f["met"], bool), key
+    # The table names every figure (it goes to stderr with --json).
+    for label in ("poll-path", "block-path", "cyclictest", "injection", "launch", "recording", "idle"):
+        assert label in stderr
+    assert result["leftover_segments"] == []
