@@ -87,6 +87,34 @@ def injection(vcpus: int, duration_s: float) -> dict:
             "runs": runs}
 
 
+def injection_open(vcpus: int, duration_s: float, rates: tuple[int, ...]) -> dict:
+    """The device's own ceiling: ticks on a schedule (open loop), vCPUs polling (fixed 1 ms).
+
+    Sustained = the device kept its schedule (>= 98% of the scheduled interrupts injected: the
+    tick source skips rather than queues, so a device that falls behind shows as a shortfall,
+    never as a backlog), exactly-once intact and no lost wakeup. Interrupts that reach a vCPU
+    while one is already pending coalesce, as pending IRQ bits do; the share is reported.
+    """
+    runs = []
+    for total in rates:
+        hz = total / vcpus
+        r = run_vm("--vcpus", str(vcpus), "--workload", "idle", "--tick-hz", str(hz), "--policy", "fixed",
+                   "--halt-poll-ns", "1000000", duration_s=duration_s)
+        secs = r["spec"]["duration_s"]
+        injected = sum(v["stats"]["irq_injected"] for v in r["vcpus"])
+        coalesced = sum(v["stats"]["irq_coalesced"] for v in r["vcpus"])
+        scheduled = total
+        runs.append({
+            "scheduled_per_s": scheduled, "injected_per_s": round(injected / secs),
+            "coalesced_frac": round(coalesced / max(1, injected), 3), "kicks_dropped": r["device"]["kicks_dropped"],
+            "sustained": checks_ok(r) and injected / secs >= 0.98 * scheduled,
+        })
+    good = [x for x in runs if x["sustained"]]
+    best = max(good, key=lambda x: x["injected_per_s"]) if good else None
+    return {"rate_per_s": best["injected_per_s"] if best else 0,
+            "coalesced_frac": best["coalesced_frac"] if best else None, "runs": runs}
+
+
 # --- 5: launch ----------------------------------------------------------------------------
 def launch(vcpus: int) -> dict:
     """Seconds from starting a `hostd run`-like process to every vCPU running its guest."""

@@ -29,10 +29,11 @@ class Mode:
     rec_samples: int
     idle_s: float
     idle_vcpus: int
+    open_rates: tuple[int, ...]  # injection, open loop: total interrupt rates to try
 
 
-FULL = Mode(3.0, 5.0, 5.0, 5.0, 3, 1_000_000, 5.0, 2)
-QUICK = Mode(0.9, 1.0, 1.0, 1.0, 1, 200_000, 1.5, 1)
+FULL = Mode(3.0, 5.0, 5.0, 5.0, 3, 1_000_000, 5.0, 2, (10_000, 25_000, 50_000, 80_000))
+QUICK = Mode(0.9, 1.0, 1.0, 1.0, 1, 200_000, 1.5, 1, (50_000,))
 
 INTERVAL_US = 500           # timer: the emulator's default, and cyclictest's -i
 IDLE_TICK_HZ = 100.0        # idle cost: a Windows-like 100 Hz tick ...
@@ -165,23 +166,30 @@ def timer(m: Mode, vcpu_cpu: int) -> Figure:
 
 
 def injection(m: Mode, ceiling: dict) -> list[Figure]:
+    """Two readings of "sustained": the device's schedule kept (open loop; the target) and every
+    interrupt delivered on its own, never coalesced (closed loop; what the wake path carries)."""
     figs = []
     for n in (1, 2, 4):
-        fig = Figure(f"injection_{n}vcpu", f"injection sustained, {n} vCPU{'s' if n > 1 else ''}", "irq/s",
-                     floor_label="device inject() ceiling", target=">= 50000/s" if n == 2 else "")
+        for kind, label, measure in (
+            ("open", "injection sustained (open loop)", lambda n, s: emu.injection_open(n, s, m.open_rates)),
+            ("closed", "injection, each delivered alone (closed loop)", emu.injection),
+        ):
+            target = ">= 50000/s" if n == 2 and kind == "open" else ""
+            fig = Figure(f"injection_{kind}_{n}vcpu", f"{label}, {n} vCPU{'s' if n > 1 else ''}", "irq/s",
+                         floor_label="device inject() ceiling", target=target)
 
-        def do(fig=fig, n=n):
-            _log(f"injection throughput: {n} vCPU(s), closed io loop, none and fixed")
-            res = emu.injection(n, m.inj_s)
-            fig.value = res["rate_per_s"]
-            fig.floor = round(ceiling["per_s"])
-            fig.ratio = _ratio(fig.value, fig.floor)
-            if n == 2:
-                fig.met = fig.value >= 50_000
-            fig.detail = res
+            def do(fig=fig, n=n, kind=kind, measure=measure):
+                _log(f"injection throughput: {n} vCPU(s), {kind} loop")
+                res = measure(n, m.inj_s)
+                fig.value = res["rate_per_s"]
+                fig.floor = round(ceiling["per_s"])
+                fig.ratio = _ratio(fig.value, fig.floor)
+                if fig.target:
+                    fig.met = fig.value >= 50_000
+                fig.detail = res
 
-        _guard(fig, do)
-        figs.append(fig)
+            _guard(fig, do)
+            figs.append(fig)
     return figs
 
 

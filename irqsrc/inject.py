@@ -23,9 +23,12 @@ class Injector:
 
     def inject(self, index: int) -> int:
         w = self.w
-        t = time.monotonic_ns()
-        w[self.i_inject[index]] = t  # x86-TSO keeps this store ahead of the bump below
-        w[self.i_seq[index]] += 1
+        i_seq = self.i_seq[index]
+        i_inject = self.i_inject[index]
+        seq = w[i_seq] + 1
+        t = time.monotonic_ns()  # stamped right before the two stores, nothing in between
+        w[i_inject] = t  # x86-TSO keeps this store ahead of the bump below
+        w[i_seq] = seq
         self.injected[index] += 1
         try:
             # Unconditional: whatever state the vCPU shows, it may block an instant later.

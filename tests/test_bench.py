@@ -12,8 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = {
-    "poll_path", "block_path", "block_vs_zmq", "timer", "injection_1vcpu", "injection_2vcpu",
-    "injection_4vcpu", "launch_1vcpu", "launch_4vcpu", "recording", "idle_cost",
+    "poll_path", "block_path", "block_vs_zmq", "timer", "injection_open_1vcpu", "injection_open_2vcpu",
+    "injection_open_4vcpu", "injection_closed_1vcpu", "injection_closed_2vcpu", "injection_closed_4vcpu", "launch_1vcpu", "launch_4vcpu", "recording", "idle_cost",
 }
 
 
