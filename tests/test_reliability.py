@@ -65,9 +65,13 @@ def _counters(words, nvcpus):
     return [[words[abi.slot_base(i) + off] for off in abi.C.values()] for i in range(nvcpus)]
 
 
+SOAK_S = float(os.environ.get("HPEMU_SOAK_S", "120"))
+
+
+@pytest.mark.timeout(SOAK_S + 90)
 def test_soak(hostd):
     """2 vCPUs for 2 minutes (HPEMU_SOAK_S=600 for the long one): memory flat, counters monotonic."""
-    seconds = float(os.environ.get("HPEMU_SOAK_S", "120"))
+    seconds = SOAK_S
     p = hostd.popen("run", "--vcpus", "2", "--workload", "timer", "--policy", "adaptive", "--interval-us", "1000",
                     "--duration", str(seconds), "--json")
     deadline = time.monotonic() + 20

@@ -80,6 +80,7 @@ class VCpu:
         self.rec = recorder
         self.safety_ns = safety_timeout_ms * 1_000_000
         kick.setsockopt(zmq.RCVTIMEO, safety_timeout_ms)
+        self.kick_buf = bytearray(8)  # kicks land here: one frame, no allocation per wake
         b = abi.slot_base(index)
         self.i_seq = b + abi.IRQ_SEQ
         self.i_inject = b + abi.INJECT_NS
@@ -190,18 +191,15 @@ class VCpu:
 
     def _block(self) -> tuple[int, bool]:
         """Drain stale kicks, re-check, then sleep in the socket. Returns (why, waited)."""
-        w, kick, c = self.w, self.kick, self.c
-        try:
-            while True:
-                kick.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+        w, kick, c, buf = self.w, self.kick, self.c, self.kick_buf
+        while kick.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            kick.recv_into(buf)
         why = self._pending()
         if why:
             return why, False  # kvm_vcpu_block's first check: never scheduled out
         while True:
             try:
-                kick.recv()
+                kick.recv_into(buf)
             except zmq.Again:  # the safety net: a wake nobody kicked us for would be lost
                 why = self._pending()
                 if why:
@@ -224,7 +222,7 @@ class VCpu:
         """
         c = self.c
         try:
-            self.kick.recv()
+            self.kick.recv_into(self.kick_buf)
             self.w[c["late_wakeup"]] += 1
         except zmq.Again:
             self.w[c["lost_wakeup"]] += 1
