@@ -174,7 +174,7 @@ def render_table(view: dict, width: int | None = None) -> str:
              f"{len(view['vms'])} VM(s)  rates over {view['interval_s']:g} s"]
     if not view["vms"]:
         lines.append("(no VM running: `hostd launch ...` starts one)")
-    name_w, tot_w, rate_w, vt_w, vr_w = 24, 14, 10, 12, 10
+    name_w, tot_w, rate_w, vt_w, vr_w = 26, 14, 10, 12, 10
     for vm in view["vms"]:
         params = param_text(vm)
         lines.append("")
