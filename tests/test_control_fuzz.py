@@ -11,6 +11,8 @@ import math
 import random
 
 import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hostd import control
 from tests.test_serve import _alive, serve_daemon
@@ -157,3 +159,48 @@ def test_validate_in_process():
         with pytest.raises(control.ProtocolError, match=message):
             control.decode_request([frame])
     assert control.decode_request([msgpack.packb({"cmd": "ps"})]) == {"cmd": "ps"}
+
+
+# Any value a client could send: the validator either accepts a well-formed request or raises
+# ProtocolError naming the problem; no other exception ever escapes into the daemon.
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**64, 2**64), st.floats(), st.text(max_size=20),
+                  st.binary(max_size=20), st.sampled_from(["launch", "set", "stop", "ps", "stats", "shutdown",
+                                                          "ping", "vm0", "halt_poll_ns", "cmd", "value"]))
+_values = st.recursive(_leaf, lambda kids: st.one_of(st.lists(kids, max_size=4),
+                                                     st.dictionaries(st.one_of(st.text(max_size=12), _leaf),
+                                                                     kids, max_size=5)), max_leaves=20)
+
+
+def _packable(v) -> bytes | None:
+    try:
+        return msgpack.packb(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+# Requests shaped like real ones: a known command, its own field names, any values; launch
+# options named like run's options (so check_options sees realistic keys with wild values).
+_option_names = st.sampled_from(sorted(control.launch_option_kinds()) + ["duration", "bogus"])
+_shaped = st.sampled_from(sorted(control.COMMANDS)).flatmap(
+    lambda cmd: st.fixed_dictionaries(
+        {"cmd": st.just(cmd)},
+        optional={
+            **{name: _values for name in control.COMMANDS[cmd]},
+            "options": st.dictionaries(_option_names, _values, max_size=4),
+            "param": st.sampled_from(sorted(control.PARAMS) + ["x"]),
+        },
+    )
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(_values.map(_packable), _shaped.map(_packable), st.binary(max_size=64)), st.integers(1, 3))
+def test_any_request_is_accepted_or_refused_with_a_reason(frame, nframes):
+    if frame is None:
+        return
+    try:
+        req = control.decode_request([frame] * nframes)
+    except control.ProtocolError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert isinstance(req, dict) and isinstance(req.get("cmd"), str)
