@@ -103,8 +103,11 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
         "model a host without that feature.")
     g.add_argument(
         "--exit-cost-ns", metavar="NS",
-        help="Modelled VM exit+entry round trip added to every halt that reaches the host "
-        "(the cost guest-haltpoll avoids). Default 0.")
+        help="Modelled VM exit+entry round trip paid by every halt that reaches the host (the cost "
+        "guest-haltpoll exists to avoid): the vCPU burns half of it before the host poll starts "
+        "(the exit) and half after the wake (the entry), so it shows in host CPU and in the "
+        "guest's wake latency; a halt ended by the guest's own poll pays nothing. Default 0 "
+        "(a process emulator has no exit to pay; ~1-2 us is typical of real hardware).")
 
 
 def cycles_to_ns(cycles: int, tsc_khz: int) -> int:
