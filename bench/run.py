@@ -221,7 +221,7 @@ def record(m: Mode) -> Figure:
                  floor_label="one array('q') store", target="<= 300 ns")
 
     def do():
-        _log("recording cost: Recorder write sequence of VCpu._wake")
+        _log("recording cost: VCpu._wake, the wake path itself")
         r = recording.measure(m.rec_samples)
         fig.value, fig.floor = r["ns_per_sample"], r["floor_ns_per_store"]
         fig.ratio = _ratio(fig.value, fig.floor)

@@ -94,6 +94,7 @@ class VCpu:
         )
         self.c = {name: b + off for name, off in abi.C.items()}
         self.h = {name: b + off for name, off in abi.HIST.items()}
+        self.i_ops = self.c["ops"]
         self.h_wake_poll = self.h["wake_latency_poll_hist"]
         self.h_wake_block = self.h["wake_latency_block_hist"]
         # Slot bases of the other vCPUs pinned to our CPU: if one of them is runnable, it is
@@ -350,10 +351,13 @@ class VCpu:
                 w[c["timer_local"]] += 1
             self.deadline = 0
             w[self.i_deadline] = 0
-        w[c["ops"]] += 1
+        w[self.i_ops] += 1
         # An injection that coalesced after we noticed the first one was served at once.
         lat = t - event if t > event else 0
-        w[(self.h_wake_block if path == PATH_BLOCK else self.h_wake_poll) + abi.hist_bucket(lat)] += 1
+        bucket = lat.bit_length()  # abi.hist_bucket, inlined: this runs on every wake
+        if bucket >= abi.HIST_BUCKETS:
+            bucket = abi.HIST_BUCKETS - 1
+        w[(self.h_wake_block if path == PATH_BLOCK else self.h_wake_poll) + bucket] += 1
         rec = self.rec
         i = rec.n
         if i < rec.capacity:
