@@ -16,12 +16,14 @@ class TaskStats:
     ctx_voluntary: int = 0
     ctx_involuntary: int = 0
     migrations: int = 0
+    exit_cpu_ns: int = 0  # threads placed off the vCPU's core: its exits, handled on housekeeping
 
     def __sub__(self, other: "TaskStats") -> "TaskStats":
         return TaskStats(*(a - b for a, b in zip(self.astuple(), other.astuple())))
 
     def astuple(self) -> tuple[int, ...]:
-        return (self.cpu_ns, self.runq_wait_ns, self.ctx_voluntary, self.ctx_involuntary, self.migrations)
+        return (self.cpu_ns, self.runq_wait_ns, self.ctx_voluntary, self.ctx_involuntary, self.migrations,
+                self.exit_cpu_ns)
 
 
 def _read(path: str) -> str:
@@ -36,11 +38,20 @@ def _sched_field(text: str, key: str) -> int:
     return 0
 
 
-def process_stats(pid: int) -> TaskStats:
-    """Summed over every thread (ZeroMQ's I/O thread burns host CPU for the vCPU too).
+def _off_core(task: str, cpu: int | None) -> bool:
+    try:
+        return cpu is not None and cpu not in os.sched_getaffinity(int(os.path.basename(task)))
+    except OSError:
+        return False
 
-    /proc/PID/task/TID/schedstat gives ns-precision run time and run-queue wait; psutil's
-    tick-based times are the fallback where schedstat is missing.
+
+def process_stats(pid: int, cpu: int | None = None) -> TaskStats:
+    """Summed over every thread (ZeroMQ's I/O threads burn host CPU for the vCPU too).
+
+    With `cpu`, the run time of threads that may not run there (a vCPU's request I/O thread,
+    placed on the housekeeping CPU) goes to exit_cpu_ns, so cpu_ns is what the vCPU's own core
+    burned. /proc/PID/task/TID/schedstat gives ns-precision run time and run-queue wait;
+    psutil's tick-based times are the fallback where schedstat is missing.
     """
     total = TaskStats()
     tasks = glob.glob(f"/proc/{pid}/task/*")
@@ -49,7 +60,10 @@ def process_stats(pid: int) -> TaskStats:
     for task in tasks:
         try:
             run_ns, wait_ns, _ = _read(f"{task}/schedstat").split()
-            total.cpu_ns += int(run_ns)
+            if _off_core(task, cpu):
+                total.exit_cpu_ns += int(run_ns)
+            else:
+                total.cpu_ns += int(run_ns)
             total.runq_wait_ns += int(wait_ns)
         except FileNotFoundError:
             try:

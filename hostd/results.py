@@ -81,6 +81,9 @@ def build(vm: Vm, tsc_khz: int) -> dict:
                 "ctx_voluntary": host.ctx_voluntary,
                 "ctx_involuntary": host.ctx_involuntary,
                 "migrations": host.migrations,
+                # Its request I/O thread on the housekeeping CPU (the exits the host handles);
+                # not in cpu_ns, which is what the vCPU's own core burned.
+                "exit_cpu_ns": host.exit_cpu_ns,
             },
             "accounting": {
                 "device_injected": device_count,

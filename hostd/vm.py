@@ -173,7 +173,12 @@ class Vm:
         return sorted(set(self.spec.vcpu_cpus) | {self.spec.device_cpu})
 
     def _task_stats(self) -> dict[int, hoststats.TaskStats]:
-        return {c.index: hoststats.process_stats(c.pid) for c in self.children if c.index is not None}
+        cpus = self.spec.vcpu_cpus
+        return {
+            c.index: hoststats.process_stats(c.pid, None if cpus is None else cpus[c.index])
+            for c in self.children
+            if c.index is not None
+        }
 
     def check_children(self, names: set[str] | None = None) -> None:
         for c in self.children:
