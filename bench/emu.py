@@ -112,6 +112,7 @@ def injection_open(vcpus: int, duration_s: float, rates: tuple[int, ...]) -> dic
     good = [x for x in runs if x["sustained"]]
     best = max(good, key=lambda x: x["injected_per_s"]) if good else None
     return {"rate_per_s": best["injected_per_s"] if best else 0,
+            "scheduled_per_s": best["scheduled_per_s"] if best else 0,
             "coalesced_frac": best["coalesced_frac"] if best else None, "runs": runs}
 
 
