@@ -190,8 +190,9 @@ def ordering_violations(doc: dict) -> list[str]:
         (w["idle-poll"] >= 0.9 * w["fixed"], f"writes/s idle-poll >= 0.9 x fixed: {w}"),
         (w["fixed"] > w["none"], f"writes/s fixed > none: {w}"),
         # adaptive and guest-haltpoll never poll on a 400 ms idle halt (their budgets stay 0), so
-        # they cost what none costs up to noise: none is the lowest within 10%, below every poller.
-        (cpu["none"] <= 1.1 * min(cpu.values()), f"idle CPU none lowest: {cpu}"),
+        # they cost what none costs up to noise: none is the lowest within 10% or 0.05 % of a
+        # core (0.5 ms/s; an idle vCPU's whole cost is about that), below every poller.
+        (cpu["none"] <= max(1.1 * min(cpu.values()), min(cpu.values()) + 0.05), f"idle CPU none lowest: {cpu}"),
         (cpu["fixed"] > cpu["none"], f"idle CPU fixed > none: {cpu}"),
         (cpu["idle-poll"] > cpu["none"], f"idle CPU idle-poll > none: {cpu}"),
         (t50["fixed"] < t50["none"], f"timer p50 fixed < none: {t50}"),

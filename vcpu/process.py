@@ -57,12 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         kick.setsockopt(zmq.RCVTIMEO, abi.HELLO_TIMEOUT_MS)
         kick.recv()  # the device's greeting: its kicks reach us
         kick.setsockopt(zmq.RCVTIMEO, -1)
+        # Allocate (and touch) the sample buffers before saying ready: that CPU must not land in
+        # the measurement window, where an idle guest's whole cost is a few ms per second.
+        policy = PolicySpec.from_dict(spec["policy"])
+        recorder = Recorder(spec["sample_capacity"])
         ctl.send(msgpack.packb({"kind": "ready", "who": "vcpu", "index": index, "pid": os.getpid()}))
         # hostd sets RUN once every process is up, then kicks us.
         while not (words[abi.H_RUN] or words[abi.H_STOP]):
             kick.recv()
-        policy = PolicySpec.from_dict(spec["policy"])
-        recorder = Recorder(spec["sample_capacity"])
         v = VCpu(
             words,
             index,
