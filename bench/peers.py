@@ -105,36 +105,47 @@ def shm_poll(w: memoryview, capacity: int) -> None:
     w[CPU_NS] = _cpu_ns() - c0
 
 
-def pipe_inject(w: memoryview, duration_ns: int, wfd: int, ackfd: int) -> None:
+def _inject(w: memoryview, duration_ns: int, send, wait_ack, settle_s: float = 0.0) -> None:
+    """The sender of a blocking ping-pong: stamp, send, wait for the ack; one loop, any transport."""
     now = time.monotonic_ns
     w[READY_I] = 1
     _wait_peer(w, READY_R)
+    time.sleep(settle_s)
     end = now() + duration_ns
     gaps = _gaps()
     while now() < end:
         _spin_until(now() + next(gaps))
-        os.write(wfd, now().to_bytes(8, "little"))
-        os.read(ackfd, 1)
+        send(now().to_bytes(8, "little"))
+        wait_ack()
     w[STOP] = 1
-    os.write(wfd, b"\0" * 8)
+    send(b"\0" * 8)
 
 
-def pipe_wait(w: memoryview, capacity: int, rfd: int, ackfd: int) -> None:
+def _wait(w: memoryview, capacity: int, recv, ack) -> None:
+    """The receiver: block in recv, stamp on wake, record, ack."""
     now = time.monotonic_ns
     n = 0
     c0 = _cpu_ns()
     w[READY_R] = 1
     while True:
-        data = os.read(rfd, 8)
+        data = recv()
         t = now()
         if w[STOP]:
             break
         if n < capacity:
             w[SAMPLES + n] = t - int.from_bytes(data, "little")
             n += 1
-        os.write(ackfd, b"a")
+        ack()
     w[COUNT] = n
     w[CPU_NS] = _cpu_ns() - c0
+
+
+def pipe_inject(w: memoryview, duration_ns: int, wfd: int, ackfd: int) -> None:
+    _inject(w, duration_ns, lambda b: os.write(wfd, b), lambda: os.read(ackfd, 1))
+
+
+def pipe_wait(w: memoryview, capacity: int, rfd: int, ackfd: int) -> None:
+    _wait(w, capacity, lambda: os.read(rfd, 8), lambda: os.write(ackfd, b"a"))
 
 
 def zmq_inject(w: memoryview, duration_ns: int, run_dir: str) -> None:
@@ -145,19 +156,8 @@ def zmq_inject(w: memoryview, duration_ns: int, run_dir: str) -> None:
     push.connect(f"ipc://{run_dir}/wake")
     ack = ctx.socket(zmq.PULL)
     ack.bind(f"ipc://{run_dir}/ack")
-    now = time.monotonic_ns
-    w[READY_I] = 1
-    _wait_peer(w, READY_R)
-    time.sleep(0.05)  # let both connections establish
-    end = now() + duration_ns
-    gaps = _gaps()
     try:
-        while now() < end:
-            _spin_until(now() + next(gaps))
-            push.send(now().to_bytes(8, "little"))
-            ack.recv()
-        w[STOP] = 1
-        push.send(b"\0" * 8)
+        _inject(w, duration_ns, push.send, ack.recv, settle_s=0.05)  # let both connections establish
     finally:
         push.close(linger=1000)
         ack.close(linger=0)
@@ -172,22 +172,8 @@ def zmq_wait(w: memoryview, capacity: int, run_dir: str) -> None:
     pull.bind(f"ipc://{run_dir}/wake")
     ack = ctx.socket(zmq.PUSH)
     ack.connect(f"ipc://{run_dir}/ack")
-    now = time.monotonic_ns
-    n = 0
-    c0 = _cpu_ns()
-    w[READY_R] = 1
     try:
-        while True:
-            data = pull.recv()
-            t = now()
-            if w[STOP]:
-                break
-            if n < capacity:
-                w[SAMPLES + n] = t - int.from_bytes(data, "little")
-                n += 1
-            ack.send(b"a")
-        w[COUNT] = n
-        w[CPU_NS] = _cpu_ns() - c0
+        _wait(w, capacity, pull.recv, lambda: ack.send(b"a"))
     finally:
         pull.close(linger=0)
         ack.close(linger=0)
