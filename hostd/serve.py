@@ -164,9 +164,8 @@ class Daemon:
 
     # --- VM bookkeeping ----------------------------------------------------------------
     def _repin(self) -> None:
-        """Vm.start() pins the calling process to its device CPU (and close() restores what it
-        saw at construction). With several VMs the daemon sits on the union of their device
-        CPUs, off every vCPU's core where possible, and back on its own CPUs when none runs."""
+        """The daemon sits on the union of its VMs' device CPUs, off every vCPU's core where
+        possible, and back on its own CPUs when none runs."""
         cpus = {r.spec.device_cpu for r in self.vms.values() if r.spec.device_cpu is not None}
         target = cpus & self.affinity or self.affinity
         try:
@@ -237,8 +236,7 @@ class Daemon:
         spec.duration_s = None
         spec.sample_capacity = SAMPLE_CAPACITY
         self.next_id += 1
-        os.sched_setaffinity(0, self.affinity)  # what Vm.close() will restore
-        vm = Vm(spec)
+        vm = Vm(spec, pin_host=False)
         try:
             vm.start()
             vm.go()

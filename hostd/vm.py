@@ -66,8 +66,11 @@ class Window:
 
 
 class Vm:
-    def __init__(self, spec: VmSpec) -> None:
+    def __init__(self, spec: VmSpec, pin_host: bool = True) -> None:
+        """pin_host: keep the calling process on the device CPU while the VM runs (hostd run);
+        a daemon owning several VMs places itself."""
         self.spec = spec
+        self.pin_host = pin_host
         self.children: list[Child] = []
         self.reports: dict[str, dict] = {}
         self.window: Window | None = None
@@ -107,7 +110,7 @@ class Vm:
         self._spawn("irqsrc", ["-m", "irqsrc", "--run-dir", self.run_dir])
         for i in range(spec.vcpus):
             self._spawn(f"vcpu{i}", ["-m", "vcpu", "--run-dir", self.run_dir, "--index", str(i)], i)
-        if spec.device_cpu is not None:
+        if self.pin_host and spec.device_cpu is not None:
             # hostd itself stays on the housekeeping CPU, off the vCPUs' cores.
             psutil.Process().cpu_affinity([spec.device_cpu])
         self._await_ready()
@@ -280,7 +283,8 @@ class Vm:
             self._shm.unlink()
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
-        os.sched_setaffinity(0, self._affinity)
+        if self.pin_host:
+            os.sched_setaffinity(0, self._affinity)
 
     def __enter__(self) -> "Vm":
         return self

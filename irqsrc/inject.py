@@ -21,7 +21,7 @@ class Injector:
         self.injected = [0] * len(kicks)
         self.kicks_dropped = 0
 
-    def inject(self, index: int) -> int:
+    def inject(self, index: int) -> None:
         w = self.w
         i_seq = self.i_seq[index]
         i_inject = self.i_inject[index]
@@ -37,4 +37,3 @@ class Injector:
             # Queue full means undrained kicks are already waiting: the vCPU will drain
             # them and its re-check sees this interrupt, so nothing is lost.
             self.kicks_dropped += 1
-        return t
