@@ -8,7 +8,7 @@ import sys
 import time
 
 from hostd.cli import build_parser
-from hostd.run import measure, spec_from_args
+from hostd.experiments.run import measure, spec_from_args
 
 
 def run_vm(*argv: str, duration_s: float) -> dict:

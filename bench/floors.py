@@ -14,7 +14,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from bench import peers
-from hostd.results import percentiles
+from hostd.plumbing.results import percentiles
 
 SHM_PREFIX = "hpbench"
 CAPACITY = 1 << 20

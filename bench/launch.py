@@ -14,9 +14,9 @@ import time
 
 def main(argv: list[str]) -> int:
     from hostd.cli import build_parser
-    from hostd.orphans import remove_stale_segments
-    from hostd.run import spec_from_args
-    from hostd.vm import Vm
+    from hostd.plumbing.orphans import remove_stale_segments
+    from hostd.experiments.run import spec_from_args
+    from hostd.plumbing.vm import Vm
     from vcpu import abi
 
     main_ns = time.monotonic_ns()

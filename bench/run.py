@@ -16,7 +16,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 
 from bench import emu, floors, recording
-from hostd.orphans import remove_stale_segments
+from hostd.plumbing.orphans import remove_stale_segments
 
 
 @dataclass

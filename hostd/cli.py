@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hostd.errors import UsageError
+from hostd.plumbing.errors import UsageError
 from vcpu.abi import set_process_name
 
 EXIT_USAGE = 2
@@ -19,7 +19,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hostd import compare, replay, run, serve, stat, tune
+    from hostd.experiments import compare, replay, run, tune
+    from hostd.service import serve, stat
 
     parser = _Parser(
         prog="hostd",

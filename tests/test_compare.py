@@ -8,8 +8,10 @@ import os
 
 import pytest
 
-from hostd import compare, hoststats
-from hostd.errors import UsageError
+from hostd.experiments import compare
+
+from hostd.plumbing import hoststats
+from hostd.plumbing.errors import UsageError
 
 
 # --- pure aggregation ---------------------------------------------------------------------------

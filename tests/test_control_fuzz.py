@@ -14,7 +14,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hostd import control
+from hostd.service import control
 from tests.test_serve import _alive, serve_daemon
 
 N = 10_000

@@ -3,8 +3,8 @@ import json
 import os
 import time
 
-from hostd.spec import VmSpec, place
-from hostd.vm import Vm
+from hostd.plumbing.spec import VmSpec, place
+from hostd.plumbing.vm import Vm
 from vcpu import abi
 from vcpu.policy import AdaptivePoll, PolicySpec
 

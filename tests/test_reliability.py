@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hostd.cli import build_parser
-from hostd.errors import UsageError
-from hostd.output import write_json
-from hostd.run import spec_from_args
+from hostd.plumbing.errors import UsageError
+from hostd.plumbing.output import write_json
+from hostd.experiments.run import spec_from_args
 from vcpu import abi
 
 from .conftest import ROOT
@@ -162,7 +162,7 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_or_none(tmp_path):
     write_json(str(target), {"generation": 0})
     big = {"generation": 1, "pad": "x" * (8 << 20)}
     code = (
-        "import sys; from hostd.output import write_json; import json;"
+        "import sys; from hostd.plumbing.output import write_json; import json;"
         f"write_json({str(target)!r}, json.loads(sys.stdin.read()))"
     )
     payload = json.dumps(big)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hostd import policy_options
-from hostd.errors import UsageError
-from hostd.policy_options import add_policy_options, cycles_to_ns, policy_spec_from_args, tsc_khz_from_machine
-from hostd.replay import read_halts, replay
+from hostd.plumbing import policy_options
+from hostd.plumbing.errors import UsageError
+from hostd.plumbing.policy_options import add_policy_options, cycles_to_ns, policy_spec_from_args, tsc_khz_from_machine
+from hostd.experiments.replay import read_halts, replay
 from vcpu.guest_haltpoll import GuestHaltPoll
 from vcpu.policy import AdaptivePoll, PolicySpec
 

@@ -19,7 +19,7 @@ import urllib.request
 import psutil
 import pytest
 
-from hostd.control import Client
+from hostd.service.control import Client
 
 HOSTD = [sys.executable, "-m", "hostd"]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hostd.errors import UsageError
-from hostd.optimum import optimal_budget, replay_cost
-from hostd.replay import read_halts, replay
-from hostd.tune import MIN_HIT_RATIO, parse_ns, parse_range, recommend, sweep_budgets
+from hostd.plumbing.errors import UsageError
+from hostd.experiments.optimum import optimal_budget, replay_cost
+from hostd.experiments.replay import read_halts, replay
+from hostd.experiments.tune import MIN_HIT_RATIO, parse_ns, parse_range, recommend, sweep_budgets
 from vcpu.policy import PolicySpec
 
 

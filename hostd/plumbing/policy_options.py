@@ -10,7 +10,7 @@ import argparse
 import re
 from pathlib import Path
 
-from hostd.errors import UsageError
+from hostd.plumbing.errors import UsageError
 from vcpu.policy import (
     HOST_POLICIES,
     KVM_HALT_POLL_NS_DEFAULT,

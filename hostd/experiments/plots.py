@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from hostd.output import atomic_write
+from hostd.plumbing.output import atomic_write
 
 COLORS = {"none": "#d62728", "fixed": "#1f77b4", "adaptive": "#2ca02c", "guest-haltpoll": "#9467bd",
           "idle-poll": "#7f7f7f"}

@@ -20,14 +20,18 @@ from dataclasses import dataclass, field
 import psutil
 import zmq
 
-from hostd import control, hoststats, report
-from hostd.control import Client, DaemonError, NoDaemon, ProtocolError
-from hostd.errors import UsageError
-from hostd.orphans import remove_stale_segments
-from hostd.policy_options import add_policy_options, policy_spec_from_args, tsc_khz_from_args
-from hostd.results import build
-from hostd.spec import VmSpec, add_vm_options, vm_spec_from_args
-from hostd.vm import ChildDied, Vm
+from hostd.service import control
+
+from hostd.plumbing import hoststats
+
+from hostd.experiments import report
+from hostd.service.control import Client, DaemonError, NoDaemon, ProtocolError
+from hostd.plumbing.errors import UsageError
+from hostd.plumbing.orphans import remove_stale_segments
+from hostd.plumbing.policy_options import add_policy_options, policy_spec_from_args, tsc_khz_from_args
+from hostd.plumbing.results import build
+from hostd.plumbing.spec import VmSpec, add_vm_options, vm_spec_from_args
+from hostd.plumbing.vm import ChildDied, Vm
 from vcpu import abi
 
 TICK_S = 0.2             # child-death checks
@@ -94,7 +98,7 @@ class Daemon:
                 os.chmod(ep[len("ipc://"):], 0o600)
             self.socks.append(s)
         if self.metrics_addr:
-            from hostd.metrics import serve_metrics
+            from hostd.service.metrics import serve_metrics
 
             host, port = self.metrics_addr
             try:
@@ -572,7 +576,7 @@ def _uptime(s: float) -> str:
 
 
 def _params(vm: dict) -> str:
-    from hostd.stat import param_text
+    from hostd.service.stat import param_text
 
     return param_text(vm)
 

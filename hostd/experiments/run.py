@@ -8,14 +8,14 @@ import signal
 import sys
 import time
 
-from hostd import report
-from hostd.errors import UsageError
-from hostd.orphans import remove_stale_segments
-from hostd.output import atomic_write, write_json
-from hostd.policy_options import add_policy_options, policy_spec_from_args, tsc_khz_from_args
-from hostd.results import build, vcpu_samples
-from hostd.spec import VmSpec, add_vm_options, parse_duration, vm_spec_from_args
-from hostd.vm import ChildDied, Vm
+from hostd.experiments import report
+from hostd.plumbing.errors import UsageError
+from hostd.plumbing.orphans import remove_stale_segments
+from hostd.plumbing.output import atomic_write, write_json
+from hostd.plumbing.policy_options import add_policy_options, policy_spec_from_args, tsc_khz_from_args
+from hostd.plumbing.results import build, vcpu_samples
+from hostd.plumbing.spec import VmSpec, add_vm_options, parse_duration, vm_spec_from_args
+from hostd.plumbing.vm import ChildDied, Vm
 
 EXIT_CHECK_FAILED = 1
 EXIT_SIGNAL = 130

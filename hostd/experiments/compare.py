@@ -23,17 +23,17 @@ import os
 import signal
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from hostd.errors import UsageError
-from hostd.orphans import remove_stale_segments
-from hostd.output import atomic_write, write_json
-from hostd.policy_options import cycles_to_ns, tsc_khz_from_args
-from hostd.run import Terminated, on_sigterm, measure
-from hostd.spec import DEFAULT_INTERVAL_US, DEFAULT_TICK_HZ, VmSpec, _float, _int, place
+from hostd.plumbing.errors import UsageError
+from hostd.plumbing.orphans import remove_stale_segments
+from hostd.plumbing.output import atomic_write, write_json
+from hostd.plumbing.policy_options import cycles_to_ns, tsc_khz_from_args
+from hostd.experiments.run import Terminated, on_sigterm, measure
+from hostd.experiments.progress import Progress
+from hostd.plumbing.spec import DEFAULT_INTERVAL_US, DEFAULT_TICK_HZ, VmSpec, parse_float, parse_int, place
 from vcpu.policy import KVM_HALT_POLL_NS_DEFAULT, POLICIES, SEED_HALT_POLL_CYCLES, U32_MAX, PolicySpec
 
 EXIT_CHECK_FAILED = 1
@@ -316,69 +316,6 @@ def cell(s: dict | None, digits: int = 0, unit: str = "", spread: bool = True) -
 
 # --- measuring ----------------------------------------------------------------------------------------
 
-class _Progress:
-    """A rich progress bar on stderr whose total is the planned seconds (so the ETA is real time);
-    a thread moves it along during each cell. Without a terminal: one line per finished cell."""
-
-    def __init__(self, weights: list[float], enabled: bool) -> None:
-        self.live = enabled and sys.stderr.isatty()
-        self.enabled = enabled
-        self.total = sum(weights)
-        self.done = 0.0
-        self.bar = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "_Progress":
-        if self.live:
-            from rich.console import Console
-            from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=False)
-            self.bar.__enter__()
-            self.task = self.bar.add_task("starting", total=self.total)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._end_cell()
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def start_cell(self, label: str, weight: float) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(self.task, description=label, completed=self.done)
-        self._stop.clear()
-        t0 = time.monotonic()
-
-        def tick() -> None:
-            while not self._stop.wait(0.2):
-                self.bar.update(self.task, completed=self.done + min(time.monotonic() - t0, 0.97 * weight))
-
-        self._thread = threading.Thread(target=tick, daemon=True)
-        self._thread.start()
-
-    def _end_cell(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-
-    def end_cell(self, weight: float, line: str, extra: bool = False) -> None:
-        """extra: the cell will be measured again, so the total grows by its weight."""
-        self._end_cell()
-        self.done += weight
-        if extra:
-            self.total += weight
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.done, total=self.total)
-        elif self.enabled:
-            sys.stderr.write(f"{line}\n")
-            sys.stderr.flush()
-
-
 def sensitive(experiment: str, policy: str) -> bool:
     """Whether a neighbour on the vCPU's CPU changes the figure: io and timer measure how fast a
     vCPU gets back to work, and an idle=poll vCPU's share of its CPU is what idle reports for it.
@@ -412,8 +349,8 @@ def _measure_cell(plan: Plan, exp: str, pol: str):
     """One run: (§8 result, wake-latency samples in ns, foreign load). Retries once if a child died."""
     import numpy as np
 
-    from hostd.results import vcpu_samples
-    from hostd.vm import ChildDied
+    from hostd.plumbing.results import vcpu_samples
+    from hostd.plumbing.vm import ChildDied
 
     for attempt in (1, 2):
         spec = plan.vm_spec(exp, pol)
@@ -437,14 +374,14 @@ def measure_all(plan: Plan, progress: bool) -> tuple[list[dict], dict]:
     within RETRY_BUDGET of the planned time; the least disturbed attempt is kept and the others are
     listed in the run's "discarded_attempts".
     """
-    from hostd.report import check_failures
+    from hostd.experiments.report import check_failures
 
     schedule = plan.schedule()
     weights = [plan.durations[exp] + CELL_OVERHEAD_S for _, exp, _ in schedule]
     retry_budget = RETRY_BUDGET * sum(weights)
     runs: list[dict] = []
     samples: dict[tuple[str, str], list] = {}
-    with _Progress(weights, progress) as bar:
+    with Progress(weights, progress) as bar:
         for k, ((rep, exp, pol), weight) in enumerate(zip(schedule, weights), 1):
             rid = run_id(exp, pol, rep)
             attempts = []
@@ -679,8 +616,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def plan_from_args(args: argparse.Namespace) -> Plan:
     repeat = 1 if args.quick else DEFAULT_REPEAT
     if args.repeat is not None:
-        repeat = _int("--repeat", args.repeat, 1, 50)
-    tick_hz = _float("--tick-hz", args.tick_hz, 0.0, 10_000.0)
+        repeat = parse_int("--repeat", args.repeat, 1, 50)
+    tick_hz = parse_float("--tick-hz", args.tick_hz, 0.0, 10_000.0)
     tsc_khz = tsc_khz_from_args(args)
     if cycles_to_ns(SEED_HALT_POLL_CYCLES, tsc_khz) > U32_MAX:
         raise UsageError(f"--tsc-khz: {SEED_HALT_POLL_CYCLES} cycles at {tsc_khz} kHz exceed the kernel's "
@@ -705,7 +642,7 @@ def write_results(plan: Plan, doc: dict, samples: dict) -> list[str]:
         atomic_write(os.path.join(plan.out, f"{exp}.csv"), summary_csv(exp, doc["summary"]))
         atomic_write(os.path.join(plan.out, f"{exp}_runs.csv"), runs_csv(exp, doc["runs"]))
         files += [f"{exp}.csv", f"{exp}_runs.csv"]
-    from hostd import plots
+    from hostd.experiments import plots
     files += plots.write_all(plan.out, doc, samples)
     doc["files"] = ["results.json"] + files
     write_json(os.path.join(plan.out, "results.json"), doc)  # last: its presence means the folder is complete
@@ -725,7 +662,7 @@ def main(args: argparse.Namespace) -> int:
                          "nothing was written\n")
         return EXIT_SIGNAL
     except Exception as exc:  # ChildDied / TimeoutError twice in one cell
-        from hostd.vm import ChildDied
+        from hostd.plumbing.vm import ChildDied
         if not isinstance(exc, (ChildDied, TimeoutError)):
             raise
         sys.stderr.write(f"hostd: {exc}; the VM was stopped and cleaned up; compare aborted\n")

@@ -19,8 +19,8 @@ import shutil
 import sys
 import time
 
-from hostd.control import Client, DaemonError, NoDaemon
-from hostd.errors import UsageError
+from hostd.service.control import Client, DaemonError, NoDaemon
+from hostd.plumbing.errors import UsageError
 from vcpu import abi
 
 # Per-vCPU values that are levels, not counters: no rate; the VM shows the max (or the sum).

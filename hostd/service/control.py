@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from hostd.errors import UsageError
+from hostd.plumbing.errors import UsageError
 from vcpu.policy import U32_MAX
 
 PROTOCOL = 1
@@ -233,8 +233,8 @@ def launch_option_kinds() -> dict[str, type]:
     """dest -> bool (a flag) or str, for every option `hostd launch` shares with `hostd run`."""
     import argparse
 
-    from hostd.policy_options import add_policy_options
-    from hostd.spec import add_vm_options
+    from hostd.plumbing.policy_options import add_policy_options
+    from hostd.plumbing.spec import add_vm_options
 
     p = argparse.ArgumentParser(add_help=False)
     add_vm_options(p)

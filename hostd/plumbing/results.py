@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hostd.vm import Vm
+from hostd.plumbing.vm import Vm
 from vcpu import abi
 from vcpu.halt import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
 

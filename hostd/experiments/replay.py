@@ -23,8 +23,8 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hostd.errors import UsageError
-from hostd.policy_options import add_policy_options, policy_spec_from_args
+from hostd.plumbing.errors import UsageError
+from hostd.plumbing.policy_options import add_policy_options, policy_spec_from_args
 from vcpu.guest_haltpoll import make_guest_policy
 from vcpu.policy import PolicySpec, make_host_policy
 

@@ -5,7 +5,7 @@ import argparse
 import os
 from dataclasses import asdict, dataclass, field
 
-from hostd.errors import UsageError
+from hostd.plumbing.errors import UsageError
 from vcpu.guest import WORKLOADS
 from vcpu.policy import PolicySpec
 
@@ -67,7 +67,7 @@ def add_vm_options(p: argparse.ArgumentParser) -> None:
                    help="io: model each write as this many ns of device time instead of a real write")
 
 
-def _int(name: str, text: str, lo: int, hi: int | None = None) -> int:
+def parse_int(name: str, text: str, lo: int, hi: int | None = None) -> int:
     try:
         v = int(text, 10)
     except (TypeError, ValueError):
@@ -77,7 +77,7 @@ def _int(name: str, text: str, lo: int, hi: int | None = None) -> int:
     return v
 
 
-def _float(name: str, text: str, lo_exclusive: float, hi: float) -> float:
+def parse_float(name: str, text: str, lo_exclusive: float, hi: float) -> float:
     try:
         v = float(text)
     except (TypeError, ValueError):
@@ -116,7 +116,7 @@ def place(vcpus: int, cpus_text: str | None, device_text: str | None, no_pin: bo
     if no_pin:
         return None, None, vcpus + 1 > os.cpu_count()
     allowed = sorted(os.sched_getaffinity(0))
-    device = None if device_text is None else _int("--device-cpu", device_text, 0)
+    device = None if device_text is None else parse_int("--device-cpu", device_text, 0)
     if device is not None:
         _check_cpus("--device-cpu", [device], allowed)
     if cpus_text is None:
@@ -133,11 +133,11 @@ def place(vcpus: int, cpus_text: str | None, device_text: str | None, no_pin: bo
 
 
 def vm_spec_from_args(args: argparse.Namespace, policy: PolicySpec, vm: str = "vm0") -> VmSpec:
-    vcpus = _int("--vcpus", args.vcpus, 1, 256)
+    vcpus = parse_int("--vcpus", args.vcpus, 1, 256)
     if args.workload not in WORKLOADS:
         raise UsageError(f"--workload: unknown workload {args.workload!r} (choose from {', '.join(WORKLOADS)})")
     vcpu_cpus, device_cpu, overcommit = place(vcpus, args.cpus, args.device_cpu, args.no_pin)
-    io_service_ns = None if args.io_service_ns is None else _int("--io-service-ns", args.io_service_ns, 0, 10**10)
+    io_service_ns = None if args.io_service_ns is None else parse_int("--io-service-ns", args.io_service_ns, 0, 10**10)
     if args.io_file is not None:
         parent = os.path.dirname(os.path.abspath(args.io_file))
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
@@ -152,12 +152,12 @@ def vm_spec_from_args(args: argparse.Namespace, policy: PolicySpec, vm: str = "v
         vcpu_cpus=vcpu_cpus,
         device_cpu=device_cpu,
         overcommit=overcommit,
-        interval_ns=_int("--interval-us", args.interval_us, 1, 10_000_000) * 1000,
-        tick_hz=_float("--tick-hz", args.tick_hz, 0.0, 100_000.0),
+        interval_ns=parse_int("--interval-us", args.interval_us, 1, 10_000_000) * 1000,
+        tick_hz=parse_float("--tick-hz", args.tick_hz, 0.0, 100_000.0),
         io_file=args.io_file,
         io_service_ns=io_service_ns,
     )
 
 
 def parse_duration(text: str) -> float:
-    return _float("--duration", text, 0.0, 7 * 24 * 3600.0)
+    return parse_float("--duration", text, 0.0, 7 * 24 * 3600.0)

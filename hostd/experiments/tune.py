@@ -13,10 +13,10 @@ For each of K budgets (0 and K-1 log-spaced in --range) one VM runs the workload
   bought anything and the recommendation is 0 whatever the noise in the figures says. Its cost
   per idle vCPU comes from one more run, of the idle workload at that budget (for --workload
   idle, the sweep point itself).
-- the offline optimum (hostd.optimum): from the halt durations recorded during the sweep, the
+- the offline optimum (hostd.experiments.optimum): from the halt durations recorded during the sweep, the
   fixed budget that minimises CPU spent polling + the block-path penalty per blocked halt, and how
   far the swept fixed budgets, upstream adaptive and guest-haltpoll, replayed through
-  hostd.replay's engine on the same trace, are from it.
+  hostd.experiments.replay's engine on the same trace, are from it.
 """
 from __future__ import annotations
 
@@ -33,18 +33,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hostd import optimum as opt
-from hostd.compare import _Progress
-from hostd.errors import UsageError
-from hostd.orphans import remove_stale_segments
-from hostd.output import atomic_write, write_json
-from hostd.policy_options import tsc_khz_from_args
-from hostd.replay import replay
-from hostd.report import check_failures
-from hostd.results import vcpu_samples
-from hostd.run import Terminated, on_sigterm, measure
-from hostd.spec import _float, _int, add_vm_options, parse_duration, vm_spec_from_args
-from hostd.vm import ChildDied
+from hostd.experiments import optimum as opt
+from hostd.experiments.progress import Progress
+from hostd.plumbing.errors import UsageError
+from hostd.plumbing.orphans import remove_stale_segments
+from hostd.plumbing.output import atomic_write, write_json
+from hostd.plumbing.policy_options import tsc_khz_from_args
+from hostd.experiments.replay import replay
+from hostd.experiments.report import check_failures
+from hostd.plumbing.results import vcpu_samples
+from hostd.experiments.run import Terminated, on_sigterm, measure
+from hostd.plumbing.spec import parse_float, parse_int, add_vm_options, parse_duration, vm_spec_from_args
+from hostd.plumbing.vm import ChildDied
 from vcpu.halt import PATH_BLOCK, PATH_POLL
 from vcpu.policy import KVM_HALT_POLL_NS_DEFAULT, U32_MAX, PolicySpec
 
@@ -155,10 +155,10 @@ def sweep_budgets(lo: int, hi: int, points: int) -> list[int]:
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
-    points = _int("--points", args.points, 3, MAX_POINTS)
+    points = parse_int("--points", args.points, 3, MAX_POINTS)
     lo, hi = parse_range(args.range)
     budgets = sweep_budgets(lo, hi, points)
-    target = _float("--target", args.target, 0.0, 1.0)
+    target = parse_float("--target", args.target, 0.0, 1.0)
     duration = parse_duration(args.duration)
     if args.figure is not None:
         if args.workload == "io":
@@ -227,7 +227,7 @@ def measure_sweep(plan: Plan, progress: bool) -> tuple[list[dict], dict]:
     weight = plan.duration_s + RUN_OVERHEAD_S
     n = len(plan.budgets)
     points, lats, paths, halts = [], [], [], []
-    with _Progress([weight] * (n + (plan.workload != "idle")), progress) as bar:
+    with Progress([weight] * (n + (plan.workload != "idle")), progress) as bar:
         for k, budget in enumerate(plan.budgets, 1):
             bar.start_cell(f"[{k}/{n}] {plan.workload} at halt_poll_ns {budget:,}", weight)
             result, lat, path, halt = _measure(plan.vm_spec(budget), plan.tsc_khz)
@@ -320,7 +320,7 @@ def _p50(x: np.ndarray) -> float | None:
 
 def offline(budgets: list[int], halts: np.ndarray, latency: np.ndarray, path: np.ndarray,
             extra_fixed: list[int] = ()) -> dict:
-    """The optimum over the pooled trace and every policy's distance from it (hostd.replay engine)."""
+    """The optimum over the pooled trace and every policy's distance from it (hostd.experiments.replay engine)."""
     poll_p50, block_p50 = _p50(latency[path == PATH_POLL]), _p50(latency[path == PATH_BLOCK])
     penalty, how = opt.penalty_from_latencies(poll_p50, block_p50)
     trace = np.asarray(halts, dtype=np.int64)
@@ -391,7 +391,7 @@ def points_csv(points: list[dict], rec_budget: int) -> str:
 
 def plot(path: str, doc: dict) -> None:
     """Workload figure against host CPU per vCPU, one labelled point per budget."""
-    from hostd.plots import _pyplot, _save
+    from hostd.experiments.plots import _pyplot, _save
 
     plt = _pyplot()
     pts = [p for p in doc["points"] if p["figure"] is not None]

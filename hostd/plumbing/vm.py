@@ -19,8 +19,8 @@ import msgpack
 import psutil
 import zmq
 
-from hostd import hoststats
-from hostd.spec import VmSpec
+from hostd.plumbing import hoststats
+from hostd.plumbing.spec import VmSpec
 from vcpu import abi
 
 READY_TIMEOUT_S = 20.0
