@@ -19,17 +19,35 @@ def success_ratio(v):
     return s["halt_successful_poll"] / max(1, s["halt_exits"])
 
 
+def expired_polls(v):
+    """At least the polls that ran their whole budget: failed polls beyond those another task cut
+    short (a cut poll may still succeed, when the event is there before the vCPU sleeps)."""
+    s = v["stats"]
+    return max(0, s["halt_attempted_poll"] - s["halt_successful_poll"] - s["halt_poll_preempted"])
+
+
+def poll_ns(v):
+    return v["stats"]["halt_poll_success_ns"] + v["stats"]["halt_poll_fail_ns"]
+
+
 def test_adaptive_matches_fixed_on_timer_and_costs_less_idle(hostd):
     fixed_t = run(hostd, "timer", "fixed", "--halt-poll-ns", "200000", "--interval-us", "100")["vcpus"][0]
     adapt_t = run(hostd, "timer", "adaptive", "--halt-poll-ns", "200000", "--interval-us", "100")["vcpus"][0]
-    assert abs(success_ratio(fixed_t) - success_ratio(adapt_t)) <= 0.05
+    print(f"timer 100 us, success: fixed {success_ratio(fixed_t):.3f}, adaptive {success_ratio(adapt_t):.3f}")
+    # 200 us outlasts a 100 us deadline: fixed never runs out of budget. Adaptive does only while
+    # it grows from 0 (10, 20, 40, 80 us) and once after each shrink, which only a halt longer
+    # than the maximum causes, i.e. one some other task delayed.
+    assert expired_polls(fixed_t) == 0
+    assert expired_polls(adapt_t) <= 0.02 * adapt_t["stats"]["halt_exits"] + adapt_t["stats"]["halt_poll_preempted"]
     # Idle ticks far apart: a fixed budget fails every poll; adaptive shrinks to nothing.
     idle = ("--tick-hz", "50", "--halt-poll-ns", "200000")
     fixed_i = run(hostd, "idle", "fixed", *idle, duration="3")["vcpus"][0]
     adapt_i = run(hostd, "idle", "adaptive", *idle, duration="3")["vcpus"][0]
     ratio = adapt_i["host"]["cpu_frac"] / fixed_i["host"]["cpu_frac"]
     print(f"idle host CPU per vCPU: adaptive/fixed = {ratio:.2f}")
-    assert ratio < 0.8
+    # Adaptive polls a few times while it shrinks, fixed 200 us on every tick.
+    assert poll_ns(adapt_i) < 0.2 * poll_ns(fixed_i)
+    assert adapt_i["host"]["cpu_frac"] < fixed_i["host"]["cpu_frac"]
     assert adapt_i["stats"]["halt_poll_ns"] == 0  # shrunk below grow_start: reset
 
 
@@ -69,9 +87,11 @@ def test_live_halt_poll_ns_change_takes_effect_on_the_next_halt():
         exits = after["halt_exits"] - before["halt_exits"]
         polled = after["halt_attempted_poll"] - before["halt_attempted_poll"]
         polled_ok = after["halt_successful_poll"] - before["halt_successful_poll"]
+        preempted = after["halt_poll_preempted"] - before["halt_poll_preempted"]
         # Every halt after the change polls (the halt in flight at the change may not).
         assert exits > 100 and polled >= exits - 1
-        assert polled_ok > 0.5 * exits  # 2 ms against a 500 us timer: most end inside the poll
+        # 2 ms against a 500 us timer: a poll fails only when another task wanted the CPU.
+        assert polled_ok + preempted >= polled - 1 and polled_ok > 0
         assert after["halt_poll_ns"] == 2_000_000
         vm.stop()
     finally:

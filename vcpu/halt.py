@@ -2,10 +2,13 @@
 
 One idle period of the guest is: an optional guest poll (cpuidle-haltpoll), then HLT, which
 exits to the "host": poll the pending word for the policy's budget, then drain stale kicks,
-re-check, and block on the ZeroMQ kick socket. The unconditional kick after every injection
-(irqsrc) plus drain-before-recheck here is what makes the protocol free of lost wakeups:
-a kick that arrives after the drain stays queued and wakes the block; one that arrived before
-it was sent after its interrupt was published, so the re-check sees that interrupt.
+re-check, and block on the ZeroMQ kick socket. The device kicks a vCPU whose state shows
+BLOCKED after every injection (irqsrc/inject.py); a fence on each side between its store and its
+load of the other's word, plus drain-before-recheck here, is what makes the protocol free of lost
+wakeups: either the re-check sees the interrupt or the device saw BLOCKED and kicked; a kick that
+arrives after the drain stays queued and wakes the block; one that arrived before it was sent
+after its interrupt was published, so the re-check sees that interrupt. A running or polling
+vCPU is never kicked, so nothing of ours preempts its poll.
 
 Everything on the poll and wake paths works on preallocated words and arrays: no lists,
 dicts or logging per halt.
@@ -191,8 +194,12 @@ class VCpu:
         return False
 
     def _block(self) -> tuple[int, bool]:
-        """Drain stale kicks, re-check, then sleep in the socket. Returns (why, waited)."""
+        """Drain stale kicks, re-check, then sleep in the socket. Returns (why, waited).
+
+        The caller stored BLOCKED; the fence puts that store before the re-check's load of
+        irq_seq, pairing with the device's fence between its bump and its read of our state."""
         w, kick, c, buf = self.w, self.kick, self.c, self.kick_buf
+        abi.full_fence()
         while kick.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             kick.recv_into(buf)
         why = self._pending()
@@ -211,6 +218,7 @@ class VCpu:
                 continue
             why = self._pending()
             if why:
+                w[self.i_state] = abi.RUNNING  # no more kicks: one now would hit our next poll
                 w[c["halt_wakeup"]] += 1
                 return why, True
             w[c["spurious_wakeup"]] += 1
@@ -246,7 +254,6 @@ class VCpu:
             self._load_params()
         budget = self.host.begin_halt()
         start = poll_end = now()
-        valid = True
         why = NONE
         if budget:
             w[self.i_state] = abi.POLLING
@@ -254,9 +261,8 @@ class VCpu:
             self.nivcsw = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
             why = self._spin(start + budget, True)
             poll_end = self.hit_ns if why == IRQ else now()
-            if why == PREEMPTED:
-                w[c["halt_poll_invalid"]] += 1
-                valid = False
+            if why == PREEMPTED:  # a failed poll, as kvm_vcpu_can_poll() makes it; counted apart
+                w[c["halt_poll_preempted"]] += 1
             if why >= EXPIRED:
                 why = NONE
         waited = False
@@ -281,7 +287,8 @@ class VCpu:
             else:
                 w[c["halt_poll_fail_ns"]] += poll_ns
                 w[h["halt_poll_fail_hist"] + abi.hist_bucket(poll_ns)] += 1
-        self.host.end_halt(cur - start, waited, valid)
+        # Every wakeup is valid on x86 (vcpu_valid_wakeup), so halt_poll_invalid stays 0 as in KVM.
+        self.host.end_halt(cur - start, waited, True)
         w[c["halt_poll_ns"]] = self.host.halt_poll_ns
         if self.exit_half_ns:
             self._spin_for(self.exit_half_ns)
