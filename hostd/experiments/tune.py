@@ -2,17 +2,19 @@
 
 For each of K budgets (0 and K-1 log-spaced in --range) one VM runs the workload with policy
 `fixed` at that budget; per point: the workload figure, the poll success ratio
-(halt_successful_poll / halt_exits) and the host CPU per vCPU. Then:
+(halt_successful_poll / halt_exits) and the host CPU per vCPU. The figure and the success ratio
+carry 95% intervals (hostd.experiments.stats): a latency percentile its distribution-free interval
+from order statistics, io's writes/s a batch-means interval, the success ratio Wilson's.
 
-- the recommendation: the smallest budget whose figure reaches --target of the best figure. For
-  a figure where higher is better (io writes/s) the share is figure / best, as the seed's "99% of
-  idle=poll". For a latency (timer and idle wake latency, lower is better) it is the share of the
-  reduction polling can buy: (figure at 0 - figure) / (figure at 0 - best); a point qualifies
-  when it removes at least --target of the latency the best point removes. When no
-  swept budget ended at least MIN_HIT_RATIO of the halts inside the poll, polling cannot have
-  bought anything and the recommendation is 0 whatever the noise in the figures says. Its cost
-  per idle vCPU comes from one more run, of the idle workload at that budget (for --workload
-  idle, the sweep point itself).
+- the recommendation is a decision with a test (TEST below): a budget counts only if its poll
+  success is distinguishably above MIN_HIT_RATIO; polling's gain is real only where a counting
+  budget's interval and budget 0's do not overlap; the answer is the smallest such budget whose
+  interval reaches within --target of the best one's (not distinguishably worse). No budget
+  counting: polling buys nothing, 0. No distinguishable gain while a gain worth having is still
+  possible: the data cannot decide, so every point is measured longer (up to --max-duration per
+  point) and, if that is still not enough, tune says "not enough halts" and stays at 0. The
+  recommendation's cost per idle vCPU comes from one more run, of the idle workload at that budget
+  (for --workload idle, the sweep point itself).
 - the offline optimum (hostd.experiments.optimum): from the halt durations recorded during the sweep, the
   fixed budget that minimises CPU spent polling + the block-path penalty per blocked halt, and how
   far the swept fixed budgets, upstream adaptive and guest-haltpoll, replayed through
@@ -34,7 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from hostd.experiments import optimum as opt
+from hostd.experiments import stats
 from hostd.experiments.progress import Progress
+from hostd.experiments.stats import (Interval, batch_mean_ci, compact, interval, min_n_for_quantile, quantile_ci,
+                                     scaled_n, si, wilson)
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.orphans import remove_stale_segments
 from hostd.plumbing.output import atomic_write, write_json
@@ -55,9 +60,14 @@ DEFAULT_RANGE = "10us:2ms"
 DEFAULT_POINTS = 7
 DEFAULT_DURATION = "2"
 DEFAULT_TARGET = 0.99
+DEFAULT_MAX_FACTOR = 5  # --max-duration defaults to this many times --duration
+MAX_ROUNDS = 3  # measuring longer: at most this many more runs per point
 MAX_POINTS = 40
-# Below this share of halts ending inside the poll at every swept budget, polling bought nothing.
+# A budget whose poll success is not distinguishably above this share of the halts catches
+# nothing worth its CPU; when no budget does better, polling bought nothing.
 MIN_HIT_RATIO = 0.01
+# The smallest gain worth polling for, as a share of budget 0's figure (when --target asks for less).
+MIN_GAIN = 0.01
 # The offline replays use at most this many halts (an even subsample of the pooled trace).
 MAX_TRACE = 100_000
 RUN_OVERHEAD_S = 0.6  # start-up + teardown per VM, for the progress bar's ETA only
@@ -73,6 +83,18 @@ COST_MODEL = (
     "guest-haltpoll are replayed on the same trace with hostd replay's engine and priced the same "
     "way (poll CPU + P per blocked halt).")
 
+TEST = (
+    "Each point's figure and poll success carry 95% intervals (a latency percentile: distribution-free, "
+    "from order statistics with binomial ranks; writes/s: batch means; poll success: Wilson). A budget "
+    f"counts only if its poll success is distinguishably above {MIN_HIT_RATIO:.0%} (the interval's low end "
+    "above it); with none counting, polling buys nothing and the answer is 0. Polling's gain at a counting "
+    "budget is distinguishable when its figure's interval and budget 0's do not overlap (a conservative "
+    "test). The recommendation is the smallest budget with a distinguishable gain whose interval reaches "
+    "within --target of the interval of the best such budget, i.e. is not distinguishably worse than the "
+    "best. No distinguishable gain, and none worth having (over (1 - target) of budget 0's figure, at least "
+    f"{MIN_GAIN:.0%}) still possible: 0. Otherwise the data cannot decide: the points are measured longer, "
+    "up to --max-duration, and then, if still undecided, the answer stays 0 with 'not enough halts'.")
+
 
 # --- plan -------------------------------------------------------------------------------------
 
@@ -81,6 +103,7 @@ class Plan:
     workload: str
     budgets: list[int]
     duration_s: float
+    max_duration_s: float  # per point, when the data cannot decide and the points are measured longer
     target: float
     figure: str  # "ops_per_s" | "p50" | "p99"
     tsc_khz: int
@@ -90,20 +113,24 @@ class Plan:
     def higher_is_better(self) -> bool:
         return self.figure == "ops_per_s"
 
+    @property
+    def quantile(self) -> float | None:
+        return {"p50": 0.5, "p99": 0.99}.get(self.figure)
+
     def figure_label(self) -> str:
         if self.workload == "io":
             return "O_DSYNC writes/s"
         what = "timer wake - deadline" if self.workload == "timer" else "tick wake latency"
         return f"{what} {self.figure} (ns)"
 
-    def vm_spec(self, budget_ns: int, workload: str | None = None):
+    def vm_spec(self, budget_ns: int, workload: str | None = None, duration_s: float | None = None):
         args = self.args
         if workload is not None and workload != args.workload:
             args = copy.copy(args)
             args.workload = workload
         spec = vm_spec_from_args(args, PolicySpec(policy="fixed", host_policy="fixed", halt_poll_ns=budget_ns))
-        spec.duration_s = self.duration_s
-        spec.sample_capacity = int(min(4_000_000, max(65_536, self.duration_s * 200_000)))
+        spec.duration_s = duration_s or self.duration_s
+        spec.sample_capacity = int(min(4_000_000, max(65_536, spec.duration_s * 200_000)))
         return spec
 
 
@@ -160,6 +187,13 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     budgets = sweep_budgets(lo, hi, points)
     target = parse_float("--target", args.target, 0.0, 1.0)
     duration = parse_duration(args.duration)
+    if args.max_duration is None:
+        max_duration = DEFAULT_MAX_FACTOR * duration
+    else:
+        max_duration = parse_float("--max-duration", args.max_duration, 0.0, 7 * 24 * 3600.0)
+        if max_duration < duration:
+            raise UsageError(f"--max-duration: {max_duration:g} s is below --duration ({duration:g} s); "
+                             "set it equal to --duration to never measure longer")
     if args.figure is not None:
         if args.workload == "io":
             raise UsageError("--figure: io's figure is writes/s; --figure picks a latency percentile "
@@ -169,7 +203,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     figure = "ops_per_s" if args.workload == "io" else (args.figure or "p50")
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out: {args.out!r} exists and is not a directory")
-    plan = Plan(workload=args.workload, budgets=budgets, duration_s=duration, target=target, figure=figure,
+    plan = Plan(workload=args.workload, budgets=budgets, duration_s=duration, max_duration_s=max_duration,
+                target=target, figure=figure,
                 tsc_khz=tsc_khz_from_args(args), args=args)
     plan.vm_spec(0)  # validate every VM/workload option now, before anything starts
     return plan
@@ -192,53 +227,105 @@ def _measure(spec, tsc_khz: int):
     raise AssertionError("unreachable")
 
 
-def point_of(plan: Plan, budget: int, result: dict, lat: np.ndarray) -> dict:
-    """The figures of one sweep point, from its §8 result and pooled wake latencies."""
-    vcpus = result["vcpus"]
+def _figure(plan: Plan, results: list[dict], lat: np.ndarray, halt: np.ndarray) -> Interval:
+    """The workload figure of one point with its interval, over every run at that budget."""
+    if plan.quantile is not None:
+        return quantile_ci(lat, plan.quantile)
+    # io: writes/s = writes / seconds. Its interval: the batch-means interval of the time a write
+    # spent halted (HLT to wake, in time order), the rest of a write's cycle (the guest's own work)
+    # taken at its measured mean.
+    writes = sum(r["workload"]["writes"] for r in results)
+    seconds = sum(r["spec"]["duration_s"] for r in results)
+    if not writes or not seconds:
+        return Interval(None, None, None, writes)
+    value = writes / seconds
+    halted = batch_mean_ci(halt + lat) if lat.size else Interval(None, None, None, 0)
+    if halted.value is None:
+        return Interval(value, None, None, writes)
+    guest = 1e9 / value - halted.value
+    rate = lambda ns: None if ns is None or guest + ns <= 0 else 1e9 / (guest + ns)  # noqa: E731
+    return Interval(value, rate(halted.ci_high), rate(halted.ci_low), writes)
+
+
+def point_of(plan: Plan, budget: int, runs: list[tuple]) -> dict:
+    """The figures of one sweep point, pooled over its runs: [(§8 result, latency, path, halt_ns)]."""
+    results = [r[0] for r in runs]
+    lat = np.concatenate([r[1] for r in runs])
+    halt = np.concatenate([r[3] for r in runs])
+    vcpus = [v for r in results for v in r["vcpus"]]
+    seconds = sum(r["spec"]["duration_s"] for r in results)
     exits = sum(v["stats"]["halt_exits"] for v in vcpus)
     hits = sum(v["stats"]["halt_successful_poll"] for v in vcpus)
-    w = result["workload"]
-    p50, p99 = (None, None) if lat.size == 0 else (int(x) for x in np.percentile(lat, (50, 99)))
+    cpu = sum(r["spec"]["duration_s"] * sum(v["host"]["cpu_frac"] for v in r["vcpus"]) / len(r["vcpus"])
+              for r in results)
+    figure = _figure(plan, results, lat, halt).to_dict()
     point = {
         "budget_ns": budget,
-        "figure": None,
+        "figure": figure,
         "share_of_best": None,
-        "success_ratio": hits / exits if exits else None,
-        "host_cpu_frac_per_vcpu": sum(v["host"]["cpu_frac"] for v in vcpus) / len(vcpus),
+        "success_ratio": wilson(hits, exits).to_dict(),
+        "host_cpu_frac_per_vcpu": cpu / seconds if seconds else None,
         "halt_exits": exits,
         "halt_successful_poll": hits,
         "halt_poll_invalid": sum(v["stats"]["halt_poll_invalid"] for v in vcpus),
-        "halts_per_s": exits / result["spec"]["duration_s"] if result["spec"]["duration_s"] else None,
-        "wake_p50_ns": p50,
-        "wake_p99_ns": p99,
-        "check_failures": check_failures(result),
+        "halts_per_s": exits / seconds if seconds else None,
+        "wake_p50_ns": quantile_ci(lat, 0.5).to_dict(),
+        "wake_p99_ns": quantile_ci(lat, 0.99).to_dict(),
+        "duration_s": round(seconds, 3),
+        "runs": len(results),
+        "check_failures": [f for r in results for f in check_failures(r)],
         "pids": [v["pid"] for v in vcpus],
     }
-    if w["name"] == "io":
-        point["ops_per_s"] = w["ops_per_s"]
-        point["figure"] = w["ops_per_s"]
-    else:
-        point["figure"] = p50 if plan.figure == "p50" else p99
+    if plan.workload == "io":
+        point["ops_per_s"] = figure
     return point
 
 
+def _point_line(plan: Plan, p: dict) -> str:
+    return (f"budget {p['budget_ns']:,} ns: {_fig(plan, p['figure'])}, success {_pct_ci(p['success_ratio'])}, "
+            f"host CPU {_pct(p['host_cpu_frac_per_vcpu'], 2)}")
+
+
+def _more_seconds(plan: Plan, points: list[dict], rec: dict, measured_s: float) -> float:
+    """How much longer to measure every point so that it holds about rec["halts_needed"] halts."""
+    room = plan.max_duration_s - measured_s
+    rate = min(p["figure"]["n"] for p in points) / measured_s
+    want = (rec["halts_needed"] - rec["halts_per_point"]) / rate if rate > 0 and rec["halts_needed"] else room
+    return min(room, max(plan.duration_s, want))
+
+
 def measure_sweep(plan: Plan, progress: bool) -> tuple[list[dict], dict]:
-    """Run every point; returns (points, pooled samples {"latency", "path", "halt_ns"})."""
+    """Run every point; while the data cannot decide, run every point again for longer (up to
+    --max-duration per point, pooling the runs). Returns (points, extra: the recommendation, the
+    rounds measured longer and the pooled samples {"latency", "path", "halt_ns"})."""
     weight = plan.duration_s + RUN_OVERHEAD_S
     n = len(plan.budgets)
-    points, lats, paths, halts = [], [], [], []
+    runs: dict[int, list[tuple]] = {b: [] for b in plan.budgets}
+    rounds: list[dict] = []
+    measured_s, seconds, why = 0.0, plan.duration_s, ""
     with Progress([weight] * (n + (plan.workload != "idle")), progress) as bar:
-        for k, budget in enumerate(plan.budgets, 1):
-            bar.start_cell(f"[{k}/{n}] {plan.workload} at halt_poll_ns {budget:,}", weight)
-            result, lat, path, halt = _measure(plan.vm_spec(budget), plan.tsc_khz)
-            p = point_of(plan, budget, result, lat)
-            points.append(p)
-            lats.append(lat)
-            paths.append(path)
-            halts.append(halt)
-            bar.end_cell(weight, f"  [{k}/{n}] budget {budget:,} ns: {_fig(plan, p['figure'])}, "
-                         f"success {_pct(p['success_ratio'])}, host CPU {_pct(p['host_cpu_frac_per_vcpu'], 2)}")
-        rec = recommend(points, plan.target, plan.higher_is_better)
+        while True:
+            for k, budget in enumerate(plan.budgets, 1):
+                w = seconds + RUN_OVERHEAD_S
+                bar.start_cell(f"[{k}/{n}] {plan.workload} at halt_poll_ns {budget:,}{why}", w)
+                runs[budget].append(_measure(plan.vm_spec(budget, duration_s=seconds), plan.tsc_khz))
+                p = point_of(plan, budget, runs[budget])
+                bar.end_cell(w, f"  [{k}/{n}] {_point_line(plan, p)}{why}")
+            measured_s += seconds
+            points = [point_of(plan, b, runs[b]) for b in plan.budgets]
+            rec = recommend(points, plan.target, plan.higher_is_better, plan.quantile)
+            if rec["decided"] or len(rounds) >= MAX_ROUNDS or measured_s >= plan.max_duration_s - 1e-9:
+                break
+            seconds = _more_seconds(plan, points, rec, measured_s)
+            rounds.append({"seconds_per_point": round(seconds, 3), "halts_per_point": rec["halts_per_point"],
+                           "halts_needed": rec["halts_needed"]})
+            # The bar grows by the round and its label says why the sweep goes on.
+            bar.total += n * (seconds + RUN_OVERHEAD_S)
+            why = (f" (+{seconds:.3g} s: not enough halts, {rec['halts_per_point']:,} per point, "
+                   f"about {rec['halts_needed']:,} needed)")
+        if not rec["decided"]:
+            rec["reason"] += (f" after {measured_s:g} s per point (--max-duration {plan.max_duration_s:g} s; "
+                              f"raise it to measure longer)")
         if plan.workload == "idle":
             idle = {"cpu_frac_per_vcpu": next(p["host_cpu_frac_per_vcpu"] for p in points
                                               if p["budget_ns"] == rec["budget_ns"]),
@@ -256,60 +343,130 @@ def measure_sweep(plan: Plan, progress: bool) -> tuple[list[dict], dict]:
             bar.end_cell(weight, f"  idle at {rec['budget_ns']:,} ns: {_pct(w['cpu_frac_per_vcpu'], 2)} of a core "
                          f"per vCPU")
         rec["idle_cost"] = idle
-    samples = {"latency": np.concatenate(lats), "path": np.concatenate(paths), "halt_ns": np.concatenate(halts)}
-    return points, {"recommendation": rec, **samples}
+    pooled = [r for b in plan.budgets for r in runs[b]]
+    samples = {k: np.concatenate([r[i] for r in pooled]) for i, k in ((1, "latency"), (2, "path"), (3, "halt_ns"))}
+    return points, {"recommendation": rec, "rounds": rounds, "measured_s_per_point": round(measured_s, 3), **samples}
 
 
 # --- the recommendation (pure) ------------------------------------------------------------------
 
-def recommend(points: list[dict], target: float, higher_is_better: bool) -> dict:
-    """Fill each point's share_of_best; return the recommendation (see the module docstring).
+def _share(p: dict, base: float, best: float, higher_is_better: bool) -> float | None:
+    """Point estimate of how much of the best this point gets. Higher is better: figure / best.
+    Lower is better (a latency): (figure at 0 - figure) / (figure at 0 - best), the part of the
+    reduction polling can buy that this budget buys; a latency has no natural zero (the wake path
+    costs something whatever the budget), so best / figure would turn a 30 ns wobble on a 200 ns
+    poll-path latency into a miss."""
+    f = p["figure"]["value"]
+    if f is None:
+        return None
+    if higher_is_better:
+        return f / best if best > 0 else 1.0
+    return (base - f) / (base - best) if base > best else 1.0
 
-    points: dicts with budget_ns (ascending, the first 0), figure (None = not measured) and
-    success_ratio. Higher is better: share = figure / best. Lower is better (a latency): share =
-    (figure at 0 - figure) / (figure at 0 - best), the part of the latency reduction polling can
-    buy that this budget buys; a latency has no natural zero (the wake path costs something
-    whatever the budget), so "99% of the best" read as best / figure would turn a 30 ns wobble on a
-    200 ns poll-path latency into a miss."""
-    figs = [p["figure"] for p in points if p["figure"] is not None]
-    base = points[0]["figure"]
-    if not figs or base is None:
+
+def _cost(iv: Interval, higher_is_better: bool) -> tuple[float, float, float]:
+    """(value, low, high) oriented so that lower is better, unbounded ends as infinities."""
+    if higher_is_better:
+        return -iv.value, -iv.hi, -iv.lo
+    return iv.value, iv.lo, iv.hi
+
+
+def _halts_needed(n: int, zero: tuple, others: list[tuple], margin: float, quantile: float | None) -> int:
+    """About how many samples per point would let the test decide, from how intervals narrow (as
+    1/sqrt(n)): enough for a gain to clear both intervals, or for the largest gain the intervals
+    allow to fall below the margin, whichever comes first. zero/others: _cost triples."""
+    v0, lo0, hi0 = zero
+    gaining, flat = [], []
+    for v, lo, hi in others:
+        width, gain = (hi0 - lo0 + hi - lo) / 2, v0 - v
+        wanted = max(gain, margin - gain)
+        if not math.isfinite(width):  # unbounded: a bounded interval first, and one narrower than min-max
+            need = 4 * max(n, min_n_for_quantile(quantile) if quantile else stats.BATCHES)
+        else:
+            need = scaled_n(n, width, wanted) if width > 0 and wanted > 0 else n + 1
+        (gaining if gain > 0 else flat).append(need)
+    # One budget whose gain clears the intervals decides; ruling a gain out takes every budget.
+    return min(gaining) if gaining else max(flat, default=n + 1)
+
+
+def recommend(points: list[dict], target: float, higher_is_better: bool, quantile: float | None = 0.5) -> dict:
+    """Fill each point's share_of_best; return the decision (see TEST and the module docstring).
+
+    points: dicts with budget_ns (ascending, the first 0), figure and success_ratio as
+    {"value", "ci_low", "ci_high", "n"} (value None: not measured). quantile: the percentile the
+    figure is (None: a mean), for the estimate of the halts needed."""
+    figs = {p["budget_ns"]: interval(p["figure"]) for p in points}
+    zero = points[0]
+    base = figs[0].value if figs[0] is not None else None
+    measured = [p for p in points if p["figure"]["value"] is not None]
+    per_point = min((p["figure"]["n"] for p in points), default=0)
+    if base is None or not measured:
         for p in points:
             p["share_of_best"] = None
-        return _rec(points[0], None, None, None, True,
-                    "budget 0's workload figure was not measured; nothing to compare with, budget 0")
-    best = max(figs) if higher_is_better else min(figs)
+        return _rec(zero, None, "no figure", True, "budget 0's workload figure was not measured; nothing to "
+                    "compare with, budget 0", per_point)
+    best_value = (max if higher_is_better else min)(p["figure"]["value"] for p in measured)
     for p in points:
-        f = p["figure"]
-        if f is None:
-            p["share_of_best"] = None
-        elif higher_is_better:
-            p["share_of_best"] = f / best if best > 0 else 1.0
-        else:
-            p["share_of_best"] = (base - f) / (base - best) if base > best else 1.0
-    threshold = best * target if higher_is_better else base - target * (base - best)
-    best_budget = next(p["budget_ns"] for p in points if p["figure"] == best)
-    hit = max((p["success_ratio"] or 0.0 for p in points if p["budget_ns"] > 0), default=0.0)
-    if hit < MIN_HIT_RATIO:
-        reason = (f"polling buys nothing here: at no swept budget did {MIN_HIT_RATIO:.0%} of the halts end "
-                  f"inside the poll (at most {hit:.1%}), so the figures differ by noise only; budget 0")
-        return _rec(points[0], best, best_budget, threshold, True, reason)
-    chosen = next(p for p in points if p["share_of_best"] is not None and p["share_of_best"] >= target - 1e-12)
-    if chosen["budget_ns"] == 0:
-        reason = (f"polling buys nothing here: budget 0 already reaches {chosen['share_of_best']:.1%} of the best "
-                  f"figure (target {target:.0%})")
-        return _rec(chosen, best, best_budget, threshold, True, reason)
-    reason = (f"the smallest swept budget reaching {target:.0%} of the best figure "
-              f"({chosen['share_of_best']:.1%}; best at {best_budget:,} ns)")
-    return _rec(chosen, best, best_budget, threshold, False, reason)
+        p["share_of_best"] = _share(p, base, best_value, higher_is_better)
+    counting = [p for p in measured[1:] if interval(p["success_ratio"]).lo > MIN_HIT_RATIO]
+    if not counting:
+        top = max((interval(p["success_ratio"]).hi for p in points[1:]), default=0.0)
+        return _rec(zero, None, "polling buys nothing", True,
+                    f"at no swept budget was the poll success distinguishably above {MIN_HIT_RATIO:.0%} (every "
+                    f"interval reaches down to it; the highest upper end is {top:.1%}), so the figures differ by "
+                    "noise only", per_point)
+    v0, lo0, hi0 = _cost(figs[0], higher_is_better)
+    cost = {p["budget_ns"]: _cost(figs[p["budget_ns"]], higher_is_better) for p in counting}
+    gaining = [p for p in counting if cost[p["budget_ns"]][2] < lo0]
+    scale = abs(v0) or 1.0
+    margin = max(1 - target, MIN_GAIN) * scale
+    if not gaining:
+        largest = max(hi0 - cost[p["budget_ns"]][1] for p in counting)
+        if largest < margin:
+            return _rec(zero, None, "no gain worth polling for", True,
+                        f"no budget's figure is distinguishably better than budget 0's, and the largest gain the "
+                        f"intervals allow is under {margin / scale:.0%} of budget 0's figure", per_point)
+        needed = _halts_needed(per_point, (v0, lo0, hi0), list(cost.values()), margin, quantile)
+        room = f"of up to {largest / scale:.0%}" if math.isfinite(largest) else "of any size"
+        rec = _rec(zero, None, "not enough data", False,
+                   f"not enough halts ({per_point:,} per point; about {_about(needed):,} needed): no budget's "
+                   f"figure is distinguishably better than budget 0's, yet a gain {room} is still possible; "
+                   "budget 0 until the data says otherwise", per_point)
+        rec["halts_needed"] = _about(needed)
+        return rec
+    best = min(gaining, key=lambda p: cost[p["budget_ns"]][0])
+    vb, _, hib = cost[best["budget_ns"]]
+    # Within --target of the best: the old share rule's tolerance, around the best's interval.
+    slack = (1 - target) * (abs(vb) if higher_is_better else v0 - vb)
+    cost[0] = (v0, lo0, hi0)
+    chosen = next(p for p in [zero, *gaining] if cost[p["budget_ns"]][1] <= hib + slack)
+    if chosen is zero:  # a distinguishable gain, but one the --target calls too small to poll for
+        return _rec(zero, best, "no gain worth polling for", True,
+                    f"budget 0's figure is within the {target:.0%} target of the best budget's "
+                    f"({best['budget_ns']:,} ns), whose gain is distinguishable but small", per_point)
+    same = " (the best itself)" if chosen is best else f" than the best, {best['budget_ns']:,} ns"
+    rec = _rec(chosen, best, "poll", False,
+               f"the smallest budget whose gain over budget 0 is distinguishable (intervals apart) and whose "
+               f"figure is not distinguishably worse{same}, within the {target:.0%} target", per_point, decided=True)
+    rec["target_figure"] = -(hib + slack) if higher_is_better else hib + slack  # a qualifying interval reaches it
+    return rec
 
 
-def _rec(p: dict, best: float | None, best_budget: int | None, threshold: float | None, nothing: bool,
-         reason: str) -> dict:
-    return {"budget_ns": p["budget_ns"], "figure": p["figure"], "share_of_best": p["share_of_best"],
+def _about(n: int) -> int:
+    """Two significant digits: an estimate, not a count."""
+    digits = max(0, len(str(n)) - 2)
+    return int(math.ceil(n / 10**digits) * 10**digits)
+
+
+def _rec(p: dict, best: dict | None, verdict: str, nothing: bool, reason: str, per_point: int,
+         decided: bool | None = None) -> dict:
+    return {"budget_ns": p["budget_ns"], "verdict": verdict, "decided": nothing if decided is None else decided,
+            "polling_buys_nothing": nothing, "figure": p["figure"], "share_of_best": p["share_of_best"],
             "success_ratio": p["success_ratio"], "host_cpu_frac_per_vcpu": p["host_cpu_frac_per_vcpu"],
-            "best_figure": best, "best_budget_ns": best_budget, "target_figure": threshold,
-            "polling_buys_nothing": nothing, "reason": reason}
+            "best_figure": None if best is None else best["figure"],
+            "best_budget_ns": None if best is None else best["budget_ns"],
+            "target_figure": None, "halts_per_point": per_point, "halts_needed": None, "test": TEST,
+            "reason": reason}
 
 
 # --- the offline optimum ------------------------------------------------------------------------------
@@ -362,10 +519,14 @@ def _pct(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{100 * x:.{digits}f}%"
 
 
-def _fig(plan: Plan, x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.0f} writes/s" if plan.higher_is_better else f"{plan.figure} {x:,.0f} ns"
+def _pct_ci(iv: dict) -> str:
+    return compact(iv, lambda x: f"{100 * x:.1f}", "%")
+
+
+def _fig(plan: Plan, iv: dict) -> str:
+    if plan.higher_is_better:
+        return compact(iv, lambda x: f"{x:,.0f}", " writes/s")
+    return f"{plan.figure} " + compact(iv, si, " ns")
 
 
 def budget_label(ns: int) -> str:
@@ -378,50 +539,34 @@ def budget_label(ns: int) -> str:
     return f"{ns} ns"
 
 
+INTERVAL_COLUMNS = ("figure", "success_ratio", "wake_p50_ns", "wake_p99_ns", "ops_per_s")
+PLAIN_COLUMNS = ("budget_ns", "share_of_best", "host_cpu_frac_per_vcpu", "halt_exits", "halt_successful_poll",
+                 "halt_poll_invalid", "halts_per_s", "duration_s", "runs")
+
+
 def points_csv(points: list[dict], rec_budget: int) -> str:
-    cols = ("budget_ns", "figure", "share_of_best", "success_ratio", "host_cpu_frac_per_vcpu", "halt_exits",
-            "halt_successful_poll", "halt_poll_invalid", "halts_per_s", "wake_p50_ns", "wake_p99_ns", "ops_per_s")
+    """One row per point; a figure with an interval becomes four columns: X, X_ci_low, X_ci_high, X_n."""
+    ivs = [c for c in INTERVAL_COLUMNS if any(c in p for p in points)]
     buf = _io.StringIO()
     w = csv.writer(buf)
-    w.writerow([*cols, "recommended"])
+    w.writerow([*PLAIN_COLUMNS, *(f"{c}{s}" for c in ivs for s in ("", "_ci_low", "_ci_high", "_n")), "recommended"])
     for p in points:
-        w.writerow([*("" if p.get(c) is None else p[c] for c in cols), int(p["budget_ns"] == rec_budget)])
+        cells = [p.get(c) for c in PLAIN_COLUMNS]
+        for c in ivs:
+            iv = p.get(c) or {}
+            cells += [iv.get(k) for k in ("value", "ci_low", "ci_high", "n")]
+        w.writerow([*("" if v is None else v for v in cells), int(p["budget_ns"] == rec_budget)])
     return buf.getvalue()
 
 
-def plot(path: str, doc: dict) -> None:
-    """Workload figure against host CPU per vCPU, one labelled point per budget."""
-    from hostd.experiments.plots import _pyplot, _save
-
-    plt = _pyplot()
-    pts = [p for p in doc["points"] if p["figure"] is not None]
-    rec = doc["recommendation"]
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    x = [100 * p["host_cpu_frac_per_vcpu"] for p in pts]
-    y = [p["figure"] for p in pts]
-    ax.plot(x, y, "-o", color="#1f77b4", ms=6, label="fixed budget (sweep)")
-    for i, (p, xi, yi) in enumerate(zip(pts, x, y)):  # labels alternate above/below: neighbours often crowd
-        ax.annotate(budget_label(p["budget_ns"]), (xi, yi), textcoords="offset points",
-                    xytext=(6, 6) if i % 2 == 0 else (6, -13), fontsize=9)
-    chosen = [(xi, yi) for p, xi, yi in zip(pts, x, y) if p["budget_ns"] == rec["budget_ns"]]
-    if chosen:
-        share = ("polling buys nothing" if rec["polling_buys_nothing"] else
-                 "" if rec["share_of_best"] is None else f"{rec['share_of_best']:.1%} of best")
-        share = f" ({share})" if share else ""
-        ax.plot(*chosen[0], "*", ms=18, color="#ff7f0e", zorder=5,
-                label=f"recommended: {budget_label(rec['budget_ns'])}{share}")
-    if rec.get("target_figure") is not None:
-        what = "of the best figure" if doc["higher_is_better"] else "of the latency reduction over budget 0"
-        ax.axhline(rec["target_figure"], ls="--", color="#2ca02c", lw=1, label=f"target: {doc['target']:.0%} {what}")
-    if not doc["higher_is_better"]:
-        ax.set_yscale("log")
-    ax.margins(x=0.1, y=0.12)  # room for the labels of the outermost points
-    ax.set_xlabel("host CPU per vCPU (% of one core)")
-    ax.set_ylabel(doc["figure_label"] + (" (log scale)" if not doc["higher_is_better"] else ""))
-    ax.set_title(f"hostd tune --workload {doc['workload']}: figure vs host CPU, points labelled by halt_poll_ns")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    _save(plt, fig, path)
+def verdict_label(rec: dict) -> str:
+    """What the recommendation is, in a few words (the plot's legend, the report's headline)."""
+    if rec["verdict"] == "poll":
+        share = rec["share_of_best"]
+        return "" if share is None else f"{share:.1%} of best"
+    if rec["verdict"] == "not enough data":
+        return f"not enough data: {rec['halts_per_point']:,} halts per point, about {rec['halts_needed']:,} needed"
+    return rec["verdict"]
 
 
 def print_report(doc: dict, out) -> None:
@@ -431,28 +576,32 @@ def print_report(doc: dict, out) -> None:
 
     console = Console(file=out, width=None if out.isatty() else 150)
     hib = doc["higher_is_better"]
-    t = Table(title=f"hostd tune --workload {doc['workload']}: policy fixed, {doc['duration_s']:g} s per point, "
-              f"{doc['vcpus']} vCPU(s)", title_justify="left")
+    secs = doc["measured_s_per_point"]
+    more = f" ({doc['duration_s']:g} s, then measured longer: not enough halts)" if doc["rounds"] else ""
+    t = Table(title=f"hostd tune --workload {doc['workload']}: policy fixed, {secs:g} s per point{more}, "
+              f"{doc['vcpus']} vCPU(s); figures: value [95% interval], ? = unbounded", title_justify="left")
+    wakes = [k for k in ("wake_p50_ns", "wake_p99_ns") if hib or k != f"wake_{doc['figure']}_ns"]
     for col in ("halt_poll_ns", doc["figure_label"], "share of best", "poll success", "host CPU / vCPU",
-                "halts/s", "wake p50 ns", "wake p99 ns"):
+                "halts (/s)", *(f"wake {k[5:8]} ns" for k in wakes)):
         t.add_column(col, justify="right")
     rec = doc["recommendation"]
+    number = (lambda x: f"{x:,.0f}") if hib else si
     for p in doc["points"]:
-        f = p["figure"]
         mark = " *" if p["budget_ns"] == rec["budget_ns"] else ""
-        t.add_row(f"{p['budget_ns']:,}{mark}", "-" if f is None else f"{f:,.0f}", _pct(p["share_of_best"]),
-                  _pct(p["success_ratio"]), _pct(p["host_cpu_frac_per_vcpu"], 2),
-                  "-" if p["halts_per_s"] is None else f"{p['halts_per_s']:,.0f}",
-                  "-" if p["wake_p50_ns"] is None else f"{p['wake_p50_ns']:,}",
-                  "-" if p["wake_p99_ns"] is None else f"{p['wake_p99_ns']:,}")
+        rate = "-" if p["halts_per_s"] is None else f"{p['halts_per_s']:,.{1 if p['halts_per_s'] < 10 else 0}f}"
+        cells = (f"{p['budget_ns']:,}{mark}", compact(p["figure"], number), _pct(p["share_of_best"]),
+                 _pct_ci(p["success_ratio"]), _pct(p["host_cpu_frac_per_vcpu"], 2), f"{p['halt_exits']:,} ({rate})",
+                 *(compact(p[k], si) for k in wakes))
+        t.add_row(*(Text(c) for c in cells))  # Text: brackets are data here, not rich markup
     console.print(t)
-    share = "figure / best" if hib else "(figure at 0 - figure) / (figure at 0 - best): lower is better"
     idle = rec["idle_cost"]
+    label = verdict_label(rec)
     console.print(Text("Recommendation: ", style="bold") + Text(
-        f"halt_poll_ns = {rec['budget_ns']:,} ({budget_label(rec['budget_ns'])}); {rec['reason']}. "
-        f"Share = {share}, target {doc['target']:.0%}. Poll success there {_pct(rec['success_ratio'])}. "
+        f"halt_poll_ns = {rec['budget_ns']:,} ({budget_label(rec['budget_ns'])}){': ' + label if label else ''}; "
+        f"{rec['reason']}. Poll success there {_pct_ci(rec['success_ratio'])}. "
         f"Cost per idle vCPU at that budget: {_pct(idle['cpu_frac_per_vcpu'], 2)} of a core ({idle['from']}"
         + (f", tick {idle['tick_hz']:g} Hz" if "tick_hz" in idle else "") + ")."))
+    console.print(Text("The test: ", style="bold") + Text(doc["recommendation"]["test"]))
     o = doc["optimum"]
     if o.get("budget_ns") is None:
         console.print(f"Offline optimum: {o.get('note', 'not computed')}")
@@ -479,11 +628,8 @@ def print_report(doc: dict, out) -> None:
 DESCRIPTION = (
     "Run the workload with policy fixed at K budgets (0 and K-1 log-spaced in --range), recording per point "
     "the workload figure (io: writes/s; timer: wake - deadline latency; idle: tick wake latency), the poll "
-    "success ratio (halt_successful_poll / halt_exits) and host CPU per vCPU. Recommends the smallest budget "
-    "reaching --target of the best figure (io: figure / best; for a latency, lower is better, the share is of "
-    "the reduction polling buys over budget 0: (figure at 0 - figure) / (figure at 0 - best)), with its cost "
-    "per idle vCPU from an idle run at that budget; if no budget ended 1% of halts inside the poll, polling "
-    "buys nothing and the answer is 0. " + COST_MODEL)
+    "success ratio (halt_successful_poll / halt_exits) and host CPU per vCPU, each with a 95% interval, and "
+    "recommends a budget with its cost per idle vCPU from an idle run at that budget. " + TEST + " " + COST_MODEL)
 EXAMPLE = "example: hostd tune --workload timer --interval-us 200 --range 20us:1ms --points 6 --duration 1"
 
 
@@ -499,8 +645,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"number of budgets including 0, at least 3 (default {DEFAULT_POINTS})")
     g.add_argument("--duration", default=DEFAULT_DURATION, metavar="SECONDS",
                    help=f"seconds measured per point, and for the idle-cost run (default {DEFAULT_DURATION})")
+    g.add_argument("--max-duration", metavar="SECONDS",
+                   help=f"when the data cannot decide, every point is measured longer, up to this many seconds "
+                   f"in all (default {DEFAULT_MAX_FACTOR} x --duration; equal to --duration: never longer)")
     g.add_argument("--target", default=str(DEFAULT_TARGET), metavar="SHARE",
-                   help=f"share of the best figure the recommendation must reach, in (0, 1] (default "
+                   help=f"share of the best figure the recommendation must reach (io: figure / best; a latency: "
+                   f"the share of the reduction over budget 0 that the best buys), in (0, 1] (default "
                    f"{DEFAULT_TARGET}: the seed's 99%% of idle=poll)")
     g.add_argument("--figure", metavar="{p50,p99}",
                    help="timer and idle: which wake-latency percentile is the figure (default p50)")
@@ -518,9 +668,13 @@ def build_document(plan: Plan, points: list[dict], extra: dict) -> dict:
     failures += [f"idle run: {f}" for f in rec["idle_cost"].get("check_failures", [])]
     return {
         "command": "hostd tune",
+        "backend": plan.vm_spec(0).backend,  # kvm: "fixed" is the kernel's adaptive polling capped at each budget
         "workload": plan.workload,
         "vcpus": plan.vm_spec(0).vcpus,
         "duration_s": plan.duration_s,
+        "max_duration_s": plan.max_duration_s,
+        "measured_s_per_point": extra["measured_s_per_point"],
+        "rounds": extra["rounds"],
         "target": plan.target,
         "figure": plan.figure,
         "figure_label": plan.figure_label(),
@@ -557,7 +711,8 @@ def main(args: argparse.Namespace) -> int:
         os.makedirs(args.out, exist_ok=True)
         atomic_write(os.path.join(args.out, "points.csv"), points_csv(points, doc["recommendation"]["budget_ns"]))
         atomic_write(os.path.join(args.out, "sweep.halts"), "".join(f"{h}\n" for h in extra["halt_ns"].tolist()))
-        plot(os.path.join(args.out, "tradeoff.png"), doc)
+        from hostd.experiments.plots import tune_tradeoff
+        tune_tradeoff(os.path.join(args.out, "tradeoff.png"), doc)
         doc["files"] = ["tune.json", "points.csv", "tradeoff.png", "sweep.halts"]
         write_json(os.path.join(args.out, "tune.json"), doc)
     if args.json:
