@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hostd.plumbing.errors import UsageError
-from hostd.plumbing.policy_options import add_policy_options, policy_spec_from_args
+from hostd.plumbing.policy_options import DEFAULT_POLICY, add_policy_options, policy_spec_from_args
 from vcpu.guest_haltpoll import make_guest_policy
 from vcpu.policy import PolicySpec, make_host_policy
 
@@ -38,65 +38,83 @@ class ReplayResult:
     summary: dict
 
 
-def replay(spec: PolicySpec, halts: Iterable[int]) -> ReplayResult:
-    """Drive fresh policy objects for `spec` through `halts` (ns each), one row per halt."""
-    host = make_host_policy(spec)
-    guest = make_guest_policy(spec)
-    rows: list[dict] = []
-    halted = polled = guest_polled = exits = poll_cpu = 0
-    for halt_ns in halts:
-        halted += halt_ns
+class Replayer:
+    """One policy replayed one halt at a time. replay() drives it over a list; a trace replay
+    (hostd.experiments.trace_replay) drives one per vCPU over a stream too long to hold."""
+
+    def __init__(self, spec: PolicySpec) -> None:
+        self.spec = spec
+        self.host = make_host_policy(spec)
+        self.guest = make_guest_policy(spec)
+        self.halts = self.halted = self.polled = self.guest_polled = self.exits = self.poll_cpu = 0
+        self.budget_sum = self.guest_budget_sum = 0
+
+    def step(self, halt_ns: int, valid: bool = True) -> dict:
+        """One halt of halt_ns; valid: the kernel's vcpu_valid_wakeup() (always true on x86)."""
+        spec, host, guest = self.spec, self.host, self.guest
+        self.halts += 1
+        self.halted += halt_ns
         if spec.policy == "idle-poll":
-            rows.append({"halt_ns": halt_ns, "budget_ns": None, "polled_ok": True, "next_budget_ns": None})
-            polled += 1
-            poll_cpu += halt_ns
-            continue
+            self.polled += 1
+            self.poll_cpu += halt_ns
+            return {"halt_ns": halt_ns, "budget_ns": None, "polled_ok": True, "next_budget_ns": None}
         row: dict = {"halt_ns": halt_ns}
         host_ns = halt_ns
         if guest is not None:
             guest_budget = guest.poll_budget()
+            self.guest_budget_sum += guest_budget
             guest_ok = 0 < guest_budget and halt_ns <= guest_budget
             row["guest_budget_ns"] = guest_budget
             row["guest_polled_ok"] = guest_ok
             if guest_ok:
                 guest.reflect(False, 0)
-                guest_polled += 1
-                polled += 1
-                poll_cpu += halt_ns
+                self.guest_polled += 1
+                self.polled += 1
+                self.poll_cpu += halt_ns
                 row.update(budget_ns=None, polled_ok=True, next_budget_ns=host.next_budget(),
                            guest_next_budget_ns=guest.poll_budget())
-                rows.append(row)
-                continue
-            poll_cpu += guest_budget
+                return row
+            self.poll_cpu += guest_budget
             host_ns = halt_ns - guest_budget
-        exits += 1
+        self.exits += 1
         budget = host.begin_halt()
+        self.budget_sum += budget
         ok = 0 < budget and host_ns <= budget
-        host.end_halt(host_ns, waited=not ok, valid=True)
-        polled += ok
-        poll_cpu += host_ns if ok else budget
+        host.end_halt(host_ns, waited=not ok, valid=valid)
+        self.polled += ok
+        self.poll_cpu += host_ns if ok else budget
         row.update(budget_ns=budget, polled_ok=ok, next_budget_ns=host.next_budget())
         if guest is not None:
             guest.reflect(True, host_ns + spec.exit_cost_ns)
             row["guest_next_budget_ns"] = guest.poll_budget()
-        rows.append(row)
+        return row
 
-    n = len(rows)
-    summary = {
-        "policy": spec.policy,
-        "halts": n,
-        "polled_ok": polled,
-        "success_ratio": polled / n if n else None,
-        "blocks": n - polled,
-        "exits": exits,
-        "poll_cpu_ns": poll_cpu,
-        "halted_ns": halted,
-        "poll_cpu_frac": poll_cpu / halted if halted else None,
-        "exit_cost_ns": exits * spec.exit_cost_ns,
-    }
-    if guest is not None:
-        summary["guest_polled_ok"] = guest_polled
-    return ReplayResult(spec, rows, summary)
+    def summary(self) -> dict:
+        n, halted, exits = self.halts, self.halted, self.exits
+        summary = {
+            "policy": self.spec.policy,
+            "halts": n,
+            "polled_ok": self.polled,
+            "success_ratio": self.polled / n if n else None,
+            "blocks": n - self.polled,
+            "exits": exits,
+            "poll_cpu_ns": self.poll_cpu,
+            "halted_ns": halted,
+            "poll_cpu_frac": self.poll_cpu / halted if halted else None,
+            "exit_cost_ns": exits * self.spec.exit_cost_ns,
+            "budget_ns_mean": self.budget_sum / exits if exits else None,  # host budget per exit
+        }
+        if self.guest is not None:
+            summary["guest_polled_ok"] = self.guest_polled
+            summary["guest_budget_ns_mean"] = self.guest_budget_sum / n if n else None
+        return summary
+
+
+def replay(spec: PolicySpec, halts: Iterable[int]) -> ReplayResult:
+    """Drive fresh policy objects for `spec` through `halts` (ns each), one row per halt."""
+    replayer = Replayer(spec)
+    rows = [replayer.step(halt_ns) for halt_ns in halts]
+    return ReplayResult(spec, rows, replayer.summary())
 
 
 def read_halts(path: str) -> list[int]:
@@ -142,8 +160,9 @@ def describe(spec: PolicySpec) -> str:
     return f"policy {spec.policy}: {host}"
 
 
-def format_rows(rows: list[dict]) -> list[str]:
-    """A right-aligned table; long replays keep the first and last EDGE_ROWS rows."""
+def format_rows(rows: list[dict], numbered: bool = True, left: int = 0) -> list[str]:
+    """A right-aligned table (its first `left` columns left-aligned), rows numbered unless told
+    otherwise; long replays keep the first and last EDGE_ROWS rows."""
     if not rows:
         return []
     keys = list(rows[0])
@@ -157,8 +176,11 @@ def format_rows(rows: list[dict]) -> list[str]:
         return "-" if v is None else ("yes" if v else "no") if isinstance(v, bool) else str(v)
 
     table = [["#", *keys]] + [[str(i), *(cell(r[k]) for k in keys)] for i, r in shown]
-    widths = [max(len(line[c]) for line in table) for c in range(len(keys) + 1)]
-    out = ["  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)) for line in table]
+    if not numbered:
+        table = [line[1:] for line in table]
+    widths = [max(len(line[c]) for line in table) for c in range(len(table[0]))]
+    out = ["  ".join(v.ljust(w) if c < left else v.rjust(w)
+                     for c, (v, w) in enumerate(zip(line, widths, strict=True))) for line in table]
     if omitted:
         out.insert(1 + EDGE_ROWS, f"... {omitted} more halts (--json prints every row) ...")
     return out
@@ -180,6 +202,15 @@ def format_summary(summary: dict) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.trace is not None:
+        from hostd.experiments import trace_replay
+
+        return trace_replay.main(args)
+    for option in ("pid", "comm", "penalty_ns", "out"):
+        if getattr(args, option) is not None:
+            raise UsageError(f"--{option.replace('_', '-')}: only with --trace")
+    if args.policy is None:
+        args.policy = DEFAULT_POLICY
     spec = policy_spec_from_args(args)
     result = replay(spec, read_halts(args.halts))
     summary = [describe(spec), *format_summary(result.summary)]
@@ -193,6 +224,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from hostd.experiments import trace_replay  # it builds on this module
+
     p = sub.add_parser(
         "replay",
         help="offline: the budget and outcome of each halt under a policy",
@@ -201,12 +234,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "polling, and the budget after the policy's grow/shrink. Uses the same policy code as "
         "the vCPU processes.")
     add_policy_options(p)
-    p.add_argument(
-        "--halts", required=True, metavar="FILE",
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--halts", metavar="FILE",
         help="one halt duration in ns per line: the time from HLT to the interrupt. Blank lines "
         "and '#' comments are ignored; '-' reads stdin.")
+    source.add_argument(
+        "--trace", metavar="FILE",
+        help="a real host's trace of kvm:kvm_vcpu_wakeup (and kvm:kvm_halt_poll_ns): tracefs text "
+        "(`hostd record`), `trace-cmd report` or `perf script` output; '-' reads stdin. Replays every "
+        "policy (or --policy) per vCPU thread, with the offline optimum and the kernel's own decisions")
     p.add_argument(
         "--json", action="store_true",
         help='print the rows as a JSON list of {"halt_ns", "budget_ns", "polled_ok", '
-        '"next_budget_ns"} on stdout (guest-haltpoll adds guest_* keys); the summary goes to stderr')
-    p.set_defaults(func=main)
+        '"next_budget_ns"} on stdout (guest-haltpoll adds guest_* keys); the summary goes to stderr. '
+        'With --trace: one JSON object {"trace", "kernel_params", "penalty_ns", "specs", "vcpus", "total"}')
+    trace_replay.add_arguments(p)
+    # --policy unset means "every policy" with --trace, the usual default with --halts.
+    p.set_defaults(func=main, policy=None)
