@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ./run.sh [ARGS]   set up .venv on first use, then run `hostd ARGS` (no ARGS: `hostd compare`)
+# ./run.sh [ARGS]   set up .venv on first use, then run `hostd ARGS` (no ARGS: `hostd compare --backend both`)
 # ./run.sh test     set up .venv on first use, then run the whole test suite
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,6 +27,6 @@ if [ "${1:-}" = "test" ]; then
   exec "$venv/bin/python" -m pytest "$@"
 fi
 if [ $# -eq 0 ]; then
-  set -- compare
+  set -- compare --backend both  # the kernel's own figures beside the emulator's where /dev/kvm works
 fi
 exec "$venv/bin/hostd" "$@"

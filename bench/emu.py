@@ -7,15 +7,27 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from hostd.cli import build_parser
 from hostd.experiments.run import measure, spec_from_args
+from hostd.experiments.stats import chunk_quantiles
+from hostd.plumbing.results import vcpu_samples
+from vcpu.halt import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
 
 
 def run_vm(*argv: str, duration_s: float) -> dict:
-    """`hostd run ARGV --duration D`, in this process; returns the DESIGN §8 result."""
+    """`hostd run ARGV --duration D`, in this process; returns the DESIGN §8 result, plus
+    chunk_p50_ns: vCPU 0's wake-latency p50 per path in each of stats.CHUNKS consecutive pieces of
+    the run, for the spread of a ratio row."""
     args = build_parser().parse_args(["run", *argv, "--duration", f"{duration_s:g}"])
     spec, tsc_khz = spec_from_args(args)
-    result, _vm = measure(spec, tsc_khz, progress=False)
+    result, vm = measure(spec, tsc_khz, progress=False)
+    lat, path, _ = vcpu_samples(vm, 0)
+    poll = np.isin(path, (PATH_POLL, PATH_GUEST_POLL))
+    result["chunk_p50_ns"] = {"poll": chunk_quantiles(lat[poll], 0.5),
+                              "block": chunk_quantiles(lat[path == PATH_BLOCK], 0.5),
+                              "all": chunk_quantiles(lat, 0.5)}
     return result
 
 
@@ -39,8 +51,8 @@ def io_wake(policy: list[str], duration_s: float) -> dict:
 
 
 # --- 3: timer -----------------------------------------------------------------------------
-def timer(interval_us: int, duration_s: float) -> dict:
-    return run_vm("--vcpus", "1", "--workload", "timer", "--interval-us", str(interval_us), "--policy", "none",
+def timer(interval_us: int, duration_s: float, policy: tuple[str, ...] = ("none",)) -> dict:
+    return run_vm("--vcpus", "1", "--workload", "timer", "--interval-us", str(interval_us), "--policy", *policy,
                   duration_s=duration_s)
 
 
@@ -117,10 +129,10 @@ def injection_open(vcpus: int, duration_s: float, rates: tuple[int, ...]) -> dic
 
 
 # --- 5: launch ----------------------------------------------------------------------------
-def launch(vcpus: int) -> dict:
+def launch(vcpus: int, backend: str = "emu") -> dict:
     """Seconds from starting a `hostd run`-like process to every vCPU running its guest."""
     t0 = time.monotonic_ns()
-    out = subprocess.run([sys.executable, "-m", "bench.launch", str(vcpus)], stdin=subprocess.DEVNULL,
+    out = subprocess.run([sys.executable, "-m", "bench.launch", str(vcpus), backend], stdin=subprocess.DEVNULL,
                          capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         raise RuntimeError(f"bench.launch failed: {out.stderr.strip()[-300:]}")
@@ -154,27 +166,32 @@ def idle_cost(vcpus: int, tick_hz: float, budget_ns: int, duration_s: float) -> 
                   "--halt-poll-ns", str(budget_ns), duration_s=duration_s)
     secs = poll["spec"]["duration_s"]
     halts = sum(v["stats"]["halt_exits"] for v in poll["vcpus"]) / secs / vcpus
-    invalid = sum(v["stats"]["halt_poll_invalid"] for v in poll["vcpus"])
+    preempted = sum(v["stats"]["halt_poll_preempted"] for v in poll["vcpus"])
     attempted = sum(v["stats"]["halt_attempted_poll"] for v in poll["vcpus"])
     polled_ns = sum(v["stats"]["halt_poll_fail_ns"] + v["stats"]["halt_poll_success_ns"] for v in poll["vcpus"])
     extra = poll["workload"]["cpu_frac_per_vcpu"] - base["workload"]["cpu_frac_per_vcpu"]
+    # Per vCPU (vCPU i of each run), for the spread of the ratio across the vCPUs.
+    per_extra = [p["host"]["cpu_frac"] - b["host"]["cpu_frac"] for p, b in zip(poll["vcpus"], base["vcpus"])]
+    per_expected = [p["stats"]["halt_exits"] / secs * budget_ns / 1e9 for p in poll["vcpus"]]
     return {
         "extra_cpu_frac": extra,
         "expected_cpu_frac": tick_hz * budget_ns / 1e9,
         "halts_per_s_per_vcpu": halts,
         "expected_at_measured_rate": halts * budget_ns / 1e9,
+        "extra_cpu_frac_per_vcpu": per_extra,
+        "expected_per_vcpu": per_expected,
         "cpu_frac_none": base["workload"]["cpu_frac_per_vcpu"],
         "cpu_frac_fixed": poll["workload"]["cpu_frac_per_vcpu"],
         "halt_attempted_poll": attempted,
-        "halt_poll_invalid": invalid,
+        "halt_poll_preempted": preempted,
         # What the vCPUs themselves counted as polling, per second per vCPU: the measured extra
-        # CPU should match this even when preemption (halt_poll_invalid) cut polls short.
+        # CPU should match this even when preemption (halt_poll_preempted) cut polls short.
         "polled_frac_accounted": polled_ns / 1e9 / secs / vcpus,
         # Polls cut short by preemption (the need_resched() stand-in) do not burn their budget:
         # the expectation counting only the polls that ran their whole budget.
-        "expected_uncut_polls": (attempted - invalid) / secs / vcpus * budget_ns / 1e9,
-        "ratio_vs_uncut_polls": extra / ((attempted - invalid) / secs / vcpus * budget_ns / 1e9)
-        if attempted > invalid else None,
+        "expected_uncut_polls": (attempted - preempted) / secs / vcpus * budget_ns / 1e9,
+        "ratio_vs_uncut_polls": extra / ((attempted - preempted) / secs / vcpus * budget_ns / 1e9)
+        if attempted > preempted else None,
         "checks_ok": checks_ok(base) and checks_ok(poll),
     }
 

@@ -14,6 +14,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from bench import peers
+from hostd.experiments.stats import CHUNKS, chunk_quantiles
 from hostd.plumbing.results import percentiles
 
 SHM_PREFIX = "hpbench"
@@ -83,6 +84,7 @@ def ping_pong(kind: str, inject_cpu: int, wake_cpu: int, duration_s: float) -> d
         if n > 10:
             samples = samples[n // 20 :]  # drop the warm-up (first 5%)
         out = percentiles(samples)
+        out["chunk_p50s"] = chunk_quantiles(samples, 0.5)
         out["receiver_cpu_us_per_wake"] = round(w[peers.CPU_NS] / max(1, n) / 1000, 2)
         return out
     finally:
@@ -129,6 +131,7 @@ def cyclictest(cpu: int, interval_us: int, duration_s: float, slack_ns: int | No
     if samples.size > 10:
         samples = samples[samples.size // 20 :]
     out = percentiles(samples)
+    out["chunk_p50s"] = chunk_quantiles(samples, 0.5)
     out["command"] = " ".join(cmd)
     out["timer_slack_ns"] = slack_ns if slack_ns is not None else "default (50000)"
     return out
@@ -156,11 +159,17 @@ def inject_ceiling(n: int = 50_000) -> dict:
         inject = inj.inject
         for _ in range(1000):  # warm up the connection
             inject(0)
-        t0 = time.monotonic_ns()
-        for _ in range(n):
-            inject(0)
+        chunk = max(1, n // CHUNKS)
+        rates, t0 = [], time.monotonic_ns()
+        for _ in range(CHUNKS):  # timed in chunks: their spread is the ceiling's
+            c0 = time.monotonic_ns()
+            for _ in range(chunk):
+                inject(0)
+            rates.append(chunk * 1e9 / (time.monotonic_ns() - c0))
         dt = time.monotonic_ns() - t0
-        return {"per_s": n * 1e9 / dt, "ns_per_inject": dt / n, "kicks_dropped": inj.kicks_dropped}
+        n = chunk * CHUNKS
+        return {"per_s": n * 1e9 / dt, "ns_per_inject": dt / n, "kicks_dropped": inj.kicks_dropped,
+                "chunk_per_s": rates}
     finally:
         ctx.destroy(linger=0)
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -41,31 +41,36 @@ def _store(v: VCpu, n: int, t: int, t0: int) -> None:
         a[i] = t
 
 
-def _time(fn, v: VCpu, n: int, repeats: int) -> float:
-    best = float("inf")
+def _time(fn, v: VCpu, n: int, repeats: int) -> list[float]:
+    """ns per iteration of each repeat (the figures take the best; the spread takes them all)."""
+    out = []
     t, t0 = 2_000_000_500, 1_999_000_000
     for _ in range(repeats):
         v.rec.n = 0
         s = time.perf_counter_ns()
         fn(v, n, t, t0)
-        best = min(best, time.perf_counter_ns() - s)
-    return best / n
+        out.append((time.perf_counter_ns() - s) / n)
+    return out
 
 
 def measure(n: int = 1_000_000, repeats: int = 5) -> dict:
     ctx = zmq.Context()
     try:
         v = _vcpu(Recorder(n), ctx)  # room for every sample: each iteration really records
-        empty = _time(_empty, v, n, repeats)
-        full = _time(_wake, v, n, repeats)
+        empties = _time(_empty, v, n, repeats)
+        fulls = _time(_wake, v, n, repeats)
         assert v.rec.n == n  # the wake path really recorded every sample
-        store = _time(_store, v, n, repeats)
+        stores = _time(_store, v, n, repeats)
     finally:
         ctx.destroy(linger=0)
+    empty, full, store = min(empties), min(fulls), min(stores)
     return {
         "ns_per_sample": max(0.0, full - empty),
         "floor_ns_per_store": max(0.01, store - empty),
         "empty_loop_ns": empty,
         "samples": n,
         "repeats": repeats,
+        # Repeat i of each loop, less repeat i of the empty harness: the spread of the ratio.
+        "repeat_ns_per_sample": [max(0.0, f - e) for f, e in zip(fulls, empties)],
+        "repeat_floor_ns_per_store": [max(0.01, s - e) for s, e in zip(stores, empties)],
     }

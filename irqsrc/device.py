@@ -19,6 +19,7 @@ import psutil
 import zmq
 
 from irqsrc.inject import Injector
+from irqsrc.irqfd import IrqfdInjector
 from irqsrc.sources import TickSource, TimerSource, WriteDevice
 from vcpu import abi
 
@@ -37,11 +38,19 @@ class Device:
             abi.connect(s, abi.kick_endpoint(run_dir, i))
             s.send(b"\x02")  # the greeting, queued until the vCPU has bound
             self.kicks.append(s)
-        self.injector = Injector(words, self.kicks)
+        if spec["backend"] == "kvm":
+            self.injector = IrqfdInjector(words, spec["irqfds"])
+        else:
+            self.injector = Injector(words, self.kicks)
         self.timers = TimerSource()
         self.ticks = TickSource(words, n) if spec["workload"] == "idle" else None
-        self.io = WriteDevice(spec["io_file"], spec["io_service_ns"]) if spec["workload"] == "io" else None
+        # rr's answers are io's modelled completions: spec.io_service_ns carries --rr-service-us.
+        self.io = WriteDevice(spec["io_file"], spec["io_service_ns"]) if spec["workload"] in ("io", "rr") else None
         self.io_queue: collections.deque[int] = collections.deque()
+        # compare's bare-metal reference: the same writes back to back, no vCPU in the loop.
+        self.bare_io = bool(spec["extra"].get("bare_io"))
+        self.bare_writes = 0
+        self.bare_ns = [0, 0]  # first write's start, last write's end: the rate's own window
         self.running = False
         self.stopping = False
         self.greeted: set[int] = set()
@@ -85,6 +94,13 @@ class Device:
             self._drain()
             if self.stopping:
                 return
+            if self.bare_io and self.running:
+                if not self.bare_writes:
+                    self.bare_ns[0] = now()
+                self.io.write()
+                self.bare_writes += 1
+                self.bare_ns[1] = now()
+                continue
             if self.io_queue:
                 index = self.io_queue.popleft()
                 self.io.write()
@@ -114,6 +130,8 @@ class Device:
             "kicks_dropped": self.injector.kicks_dropped,
             "timer_late_ns": self.timers.lateness_ns.payload(),
             "io_service_ns": self.io.service_times_ns.payload() if self.io else b"",
+            "bare_writes": self.bare_writes,
+            "bare_span_ns": self.bare_ns[1] - self.bare_ns[0],
         }
 
     def close(self) -> None:

@@ -89,3 +89,24 @@ def hostd():
         os.unlink(f"/dev/shm/{name}")
     assert not procs, f"processes left behind: {procs}"
     assert not segs, f"segments left behind: {segs}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """End every run by saying which tests were skipped and why: a skip that installing an
+    optional system package would lift (README) must not pass unnoticed."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    terminalreporter.section(f"skipped tests: {len(skipped) or 'none'}", sep="-")
+    for rep in skipped:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        terminalreporter.write_line(f"{rep.nodeid}: {reason.removeprefix('Skipped: ')}")
+
+
+@pytest.fixture
+def kvm():
+    """Skips the test, saying why, where the kvm backend cannot run (HPEMU_KVM_DEV moves it)."""
+    from vcpu.kvm_api import KvmUnavailable, probe
+
+    try:
+        probe()
+    except KvmUnavailable as exc:
+        pytest.skip(str(exc))

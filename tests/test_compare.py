@@ -16,11 +16,23 @@ from hostd.plumbing.errors import UsageError
 
 # --- pure aggregation ---------------------------------------------------------------------------
 
+def _core(s: dict) -> dict:
+    return {k: s[k] for k in ("median", "min", "max", "n")}
+
+
 def test_summarize_is_median_with_min_max_and_skips_missing() -> None:
-    assert compare.summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
-    assert compare.summarize([4, 1, None, 2, 10]) == {"median": 3.0, "min": 1, "max": 10, "n": 4}
-    assert compare.summarize([None, None]) == {"median": None, "min": None, "max": None, "n": 0}
-    assert compare.summarize([7]) == {"median": 7, "min": 7, "max": 7, "n": 1}
+    assert _core(compare.summarize([3.0, 1.0, 2.0])) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert _core(compare.summarize([4, 1, None, 2, 10])) == {"median": 3.0, "min": 1, "max": 10, "n": 4}
+    assert compare.summarize([None, None]) == {"median": None, "min": None, "max": None, "value": None,
+                                               "ci_low": None, "ci_high": None, "n": 0}
+    assert compare.summarize([7]) == {"median": 7, "min": 7, "max": 7, "value": 7.0, "ci_low": None,
+                                      "ci_high": None, "n": 1}
+
+
+def test_summarize_carries_the_mean_and_its_interval_across_repeats() -> None:
+    s = compare.summarize([1.0, 2.0, 3.0])
+    assert s["value"] == 2.0 and s["n"] == 3
+    assert s["ci_high"] - 2.0 == pytest.approx(2.0 - s["ci_low"]) == pytest.approx(4.303 / 3 ** 0.5, abs=1e-3)
 
 
 def _io(policy: str, rep: int, writes: float, exits: int = 100, ok: int = 50) -> dict:
@@ -38,15 +50,17 @@ def test_aggregate_pct_of_idle_poll_is_per_repeat_then_median() -> None:
     s = compare.aggregate(runs)["io"]
     assert list(s) == ["none", "fixed", "idle-poll"]  # the run order of policies, not input order
     fixed = s["fixed"]
-    assert fixed["writes_per_s"] == {"median": 900.0, "min": 800.0, "max": 1900.0, "n": 3,
-                                     "runs": ["io/fixed/r1", "io/fixed/r2", "io/fixed/r3"]}
+    assert _core(fixed["writes_per_s"]) == {"median": 900.0, "min": 800.0, "max": 1900.0, "n": 3}
+    assert fixed["writes_per_s"]["runs"] == ["io/fixed/r1", "io/fixed/r2", "io/fixed/r3"]
+    assert fixed["writes_per_s"]["value"] == pytest.approx(1200.0)
     # Per repeat: 90%, 95%, 80% -> median 90, not 900 / 1000 of the medians by accident only.
     assert fixed["pct_of_idle_poll"]["median"] == pytest.approx(90.0)
     assert fixed["pct_of_idle_poll"]["min"] == pytest.approx(80.0)
     assert fixed["pct_of_idle_poll"]["max"] == pytest.approx(95.0)
     assert "io/idle-poll/r2" in fixed["pct_of_idle_poll"]["runs"]  # traceable to both runs
     assert s["none"]["pct_of_idle_poll"]["median"] == pytest.approx(40.0)  # 30, 50, 40
-    assert s["idle-poll"]["pct_of_idle_poll"] == {"median": 100.0, "min": 100.0, "max": 100.0, "n": 3,
+    assert s["idle-poll"]["pct_of_idle_poll"] == {"median": 100.0, "min": 100.0, "max": 100.0, "value": 100.0,
+                                                  "ci_low": 100.0, "ci_high": 100.0, "n": 3,
                                                   "runs": ["io/idle-poll/r1", "io/idle-poll/r2", "io/idle-poll/r3"]}
 
 
@@ -129,6 +143,35 @@ def test_verdict_follows_other_numbers() -> None:
     assert "n/a" in compare.verdict({"io": {"fixed": {}}}, fixed_ns=1)
 
 
+def _summary(fixed: list[float], none: list[float]) -> dict:
+    """aggregate() over io, idle and timer runs where fixed and none measured these values per repeat."""
+    runs = []
+    for pol, values in (("fixed", fixed), ("none", none)):
+        for r, v in enumerate(values, 1):
+            runs += [{"id": f"{e}/{pol}/r{r}", "experiment": e, "policy": pol, "repeat": r, "metrics": {k: v}}
+                     for e, k in (("io", "writes_per_s"), ("idle", "cpu_pct_per_vcpu"), ("timer", "p50_cycles"))]
+    return compare.aggregate(runs)
+
+
+def test_verdict_calls_overlapping_cells_indistinguishable() -> None:
+    s = _summary([5000.0, 9000.0, 2000.0], [4000.0, 3000.0, 5000.0])  # medians 5,000 vs 4,000, wide spread
+    v = compare.verdict(compare.medians(s), fixed_ns=1_000_000, summary=s)
+    assert "indistinguishable here from the 4,000 writes/s of no polling" in v and "1.2x" not in v
+    assert "without polling (indistinguishable here; seed: 1.5-2.5%)" in v
+    assert "5,000 cycles with fixed vs 4,000 cycles without polling, indistinguishable here" in v
+    assert "One run per cell" not in v
+
+
+def test_verdict_orders_cells_whose_intervals_are_apart() -> None:
+    s = _summary([9000.0, 9100.0, 8900.0], [3000.0, 3050.0, 2950.0])
+    v = compare.verdict(compare.medians(s), fixed_ns=1_000_000, summary=s)
+    assert "3.0x the 3,000 writes/s of no polling" in v and "indistinguishable" not in v
+    # A single run per cell has no interval: the ordering stays, with a caution.
+    one = _summary([9000.0], [3000.0])
+    v = compare.verdict(compare.medians(one), fixed_ns=1_000_000, summary=one)
+    assert "3.0x the 3,000 writes/s" in v and "One run per cell has no interval across repeats" in v
+
+
 def test_foreign_load_is_busy_time_not_ours_in_cores() -> None:
     # The VM's CPUs were busy 3 s of a 2 s window (2 CPUs), 2 s of it ours: half a core of neighbours.
     assert hoststats.foreign_load(3.0, 2.0, 2.0) == pytest.approx(0.5)
@@ -138,8 +181,8 @@ def test_foreign_load_is_busy_time_not_ours_in_cores() -> None:
 
 
 def test_disturbance_names_its_cause_only_where_it_matters() -> None:
-    def res(attempted, invalid):
-        return {"vcpus": [{"stats": {"halt_attempted_poll": attempted, "halt_poll_invalid": invalid}}]}
+    def res(attempted, preempted):
+        return {"vcpus": [{"stats": {"halt_attempted_poll": attempted, "halt_poll_preempted": preempted}}]}
     quiet = res(1500, 15)
     assert compare.disturbance("io", "fixed", quiet, 0.05) is None
     assert compare.disturbance("io", "none", quiet, 0.6) == "other processes used 0.60 of a core beside it"
@@ -202,6 +245,10 @@ def ordering_violations(doc: dict) -> list[str]:
     return [msg for ok, msg in checks if not ok]
 
 
+def s_fixed_pct(doc: dict) -> float:
+    return doc["summary"]["io"]["fixed"]["pct_of_bare_metal"]["median"]
+
+
 def quick_compare(hostd, out) -> dict:
     r = hostd.run("compare", "--quick", "--out", str(out), "--json", timeout=110)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -229,7 +276,13 @@ def test_quick_compare_end_to_end(tmp_path, hostd) -> None:
     assert [row["policy"] for row in rows] == ["none", "fixed", "adaptive", "guest-haltpoll", "idle-poll"]
 
     assert doc["config"]["quick"] and doc["config"]["repeat"] == 1
-    assert len(doc["runs"]) == 13
+    assert len([r for r in doc["runs"] if r["experiment"] != "bare-metal"]) == 13
+    # The bare-metal reference, both ways, in the repeat; % of bare metal against the idle-CPUs figure.
+    assert sorted(r["id"] for r in doc["runs"] if r["experiment"] == "bare-metal") == [
+        "bare-metal/busy/r1", "bare-metal/idle/r1"]
+    assert doc["bare_metal"]["idle"]["median"] > 0 and "idle" in doc["bare_metal"]["reference"]
+    assert s_fixed_pct(doc) == pytest.approx(100 * doc["summary"]["io"]["fixed"]["writes_per_s"]["median"]
+                                             / doc["bare_metal"]["idle"]["median"])
     assert doc["checks"]["ok"], doc["checks"]
     assert all(run["result"]["checks"]["ok"] for run in doc["runs"])
 

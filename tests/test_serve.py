@@ -164,7 +164,7 @@ def test_end_to_end_launch_set_stop_shutdown():
         assert after["halt_exits"] > 50, after
         assert after["halt_attempted_poll"] > 0.9 * after["halt_exits"], after  # every halt now polls
         # Alone on its CPU nearly every halt ends inside the poll (~98% here); other tests
-        # running on the same 2 cores cut polls short (halt_poll_invalid), hence the margin.
+        # running on the same 2 cores cut polls short (halt_poll_preempted), hence the margin.
         assert after["halt_successful_poll"] > 0.1 * after["halt_exits"], after
         # The other VM was not touched.
         ps = d.call("ps")
@@ -233,6 +233,15 @@ def test_stat_log_and_json(shared):
                                  "spurious_wakeup", "lost_wakeup"}
 
 
+def test_stat_once_json_is_one_snapshot(shared):
+    # --json already means one snapshot; `-1 --json` is what a kvm_stat user types.
+    r = shared.hostd("stat", "-1", "--json", "-i", "0.3")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["vms"][0]["totals"]["halt_wait_ns"] >= 0  # KVM's names, ns
+    r = shared.hostd("stat", "-l", "--json")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--json" in r.stderr, r.stderr
+
+
 def test_prometheus_endpoint_parses(shared):
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -244,8 +253,8 @@ def test_prometheus_endpoint_parses(shared):
     assert exits.type == "counter"
     sample = next(s for s in exits.samples if s.labels == {"vm": "vm0", "vcpu": "0"})
     assert sample.value > 0
-    assert fams["haltpoll_emu_halt_poll_ns"].type == "gauge"
-    hist = fams["haltpoll_emu_halt_wait_duration_ns"]
+    assert fams["haltpoll_emu_halt_poll_seconds"].type == "gauge"
+    hist = fams["haltpoll_emu_halt_wait_duration_seconds"]
     assert hist.type == "histogram"
     inf = next(s for s in hist.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf")
     assert inf.value > 0

@@ -201,3 +201,34 @@ def test_an_idle_guest_has_no_decisions(traces, tool):
     assert (k["decisions"], k["agreement"]) == (0, None)
     r = _hostd("replay", "--trace", str(path), "--pid", str(pid))
     assert "kernel decisions: none logged" in r.stdout
+
+
+def test_a_kvm_run_records_its_own_trace(tmp_path, hostd):
+    """`hostd run --backend kvm --trace-out FILE`: the run's own halts, with the VM's cap in the
+    header, so the replay needs no --halt-poll-ns to agree with the kernel."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: tracefs and the kvm tracepoints are root's")
+    from vcpu.kvm_api import KvmUnavailable, probe
+
+    try:
+        probe()
+    except KvmUnavailable as exc:
+        pytest.skip(f"no kvm backend here: {exc}")
+    mounts_before = _trace_mounts()
+    out = tmp_path / "run.trace"
+    run = hostd.run_json("run", "--backend", "kvm", "--workload", "timer", "--policy", "adaptive",
+                         "--halt-poll-ns", str(CAP_NS), "--duration", "1.5", "--trace-out", str(out))
+    assert _trace_mounts() == mounts_before  # tracing as it was found
+    r = _hostd("replay", "--trace", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["kernel_params"]["halt_poll_ns"] == CAP_NS
+    assert 0 < doc["total"]["halts"] <= run["vcpus"][0]["stats"]["halt_exits"]
+    k = doc["total"]["kernel"]
+    assert k["decisions"] > 0 and k["agreement"] >= 0.99, k["first_disagreement"]
+
+
+def test_trace_out_is_refused_for_the_emulator(hostd):
+    r = hostd.run("run", "--duration", "1", "--trace-out", "/tmp/never-written.trace")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--backend kvm" in r.stderr
+    assert not os.path.exists("/tmp/never-written.trace")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import platform
 import secrets
 import signal
 
@@ -31,6 +32,7 @@ STATE_NAMES = ("RUNNING", "POLLING", "BLOCKED", "GUEST_POLLING")
 # Slot line 0: written by the device only.
 IRQ_SEQ = 0      # bumped once per injected interrupt
 INJECT_NS = 1    # monotonic_ns of the latest injection, written before IRQ_SEQ
+INJECT_TSC = 2   # kvm backend: host TSC of the latest injection, read by the guest's ISR
 # Slot line 1: written by the vCPU's hot path only.
 IRQ_ACK = 8            # last IRQ_SEQ consumed
 STATE = 9
@@ -59,6 +61,7 @@ COUNTERS = (
     "spurious_wakeup",
     "lost_wakeup",
     "late_wakeup",  # the safety net fired first, but the kick did arrive within a grace period
+    "halt_poll_preempted",  # failed polls cut short because another task wanted the CPU
     "guest_halt_poll_success",
     "guest_halt_poll_fail",
     "guest_halt_poll_ns",  # the guest governor's current poll_limit_ns
@@ -92,6 +95,11 @@ def segment_size(nvcpus: int) -> int:
 def slot_base(index: int) -> int:
     """Word index of vCPU `index`'s slot; add a field constant to address a word."""
     return HEADER_WORDS + index * SLOT_WORDS
+
+
+def byte_offset(word: int) -> int:
+    """Byte offset of a word in the segment, for a guest that maps the segment (kvm backend)."""
+    return word * WORD
 
 
 def segment_name(owner_pid: int) -> str:
@@ -182,3 +190,26 @@ def set_process_name(comm: str) -> None:
 def set_timer_slack_ns(ns: int) -> None:
     """Default slack is 50 us; a timer device that sleeps toward a deadline needs ~1 ns."""
     _libc.prctl(_PR_SET_TIMERSLACK, ns, 0, 0, 0)
+
+
+# --- Instructions Python lacks ------------------------------------------------------------------
+def native_function(code: bytes, restype=None):
+    """A few bytes of machine code in an executable page, callable through ctypes (~0.1 us)."""
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(code)
+    fn = ctypes.CFUNCTYPE(restype)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+    fn._page = page  # the code lives as long as the function does
+    return fn
+
+
+# The one fence the wake protocol needs. The device kicks only a vCPU whose `state` shows
+# BLOCKED, and a vCPU re-checks `irq_seq` after storing BLOCKED. Each side stores, then loads the
+# other's word: x86-TSO lets a load pass the side's own earlier store, so without a full fence on
+# both sides each could miss the other (an interrupt published, no kick sent, the vCPU asleep).
+_FENCE_CODE = {
+    "x86_64": b"\x0f\xae\xf0\xc3",                   # mfence; ret
+    "aarch64": b"\xbf\x3b\x03\xd5\xc0\x03\x5f\xd6",  # dmb ish; ret
+}
+if platform.machine() not in _FENCE_CODE:
+    raise ImportError(f"no memory fence for {platform.machine()}: the wake protocol needs x86_64 or aarch64")
+full_fence = native_function(_FENCE_CODE[platform.machine()])

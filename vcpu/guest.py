@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from array import array
 
 import msgpack
 import zmq
@@ -9,7 +10,7 @@ import zmq
 from vcpu import abi
 from vcpu.halt import VCpu
 
-WORKLOADS = ("idle", "io", "timer")
+WORKLOADS = ("idle", "io", "timer", "rr")
 
 
 def run_timer(v: VCpu, req: zmq.Socket, index: int, interval_ns: int) -> None:
@@ -33,14 +34,54 @@ def run_io(v: VCpu, req: zmq.Socket, index: int) -> None:
             return
 
 
+class RoundTrips:
+    """rr's per-transaction round trips, in ns, in fixed memory filled in place (no growth per sample)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.ns = array("q", bytes(8 * capacity))
+        self.n = 0
+        self.dropped = 0
+
+    def add(self, ns: int) -> None:
+        i = self.n
+        if i < self.capacity:
+            self.ns[i] = ns
+            self.n = i + 1
+        else:
+            self.dropped += 1
+
+    def payload(self) -> dict:
+        return {"rr_ns": self.ns[: self.n].tobytes(), "rr_dropped": self.dropped}
+
+
+def run_rr(v: VCpu, req: zmq.Socket, index: int, trips: RoundTrips) -> None:
+    """TCP_RR-like: send a request (an I/O submit), halt until the answer's interrupt.
+
+    One round trip spans the guest's clock read right before the send to its clock read right
+    after idle() returns, i.e. once the guest runs again with the answer consumed (wake path,
+    exit cost and the exactly-once bookkeeping included, as a guest's ISR would be)."""
+    submit = msgpack.packb((abi.REQ_IO, index))
+    now = time.monotonic_ns
+    while True:
+        t0 = now()
+        req.send(submit)
+        if not v.idle():
+            return  # stopped: the transaction in flight is not a sample
+        trips.add(now() - t0)
+
+
 def run_idle(v: VCpu) -> None:
     """An idle guest: nothing to do but take the timer tick the device injects."""
     while v.idle():
         pass
 
 
-def run(workload: str, v: VCpu, req: zmq.Socket, index: int, interval_ns: int) -> None:
-    if workload == "timer":
+def run(workload: str, v: VCpu, req: zmq.Socket, index: int, interval_ns: int,
+        trips: RoundTrips | None = None) -> None:
+    if workload == "rr":
+        run_rr(v, req, index, trips)
+    elif workload == "timer":
         run_timer(v, req, index, interval_ns)
     elif workload == "io":
         run_io(v, req, index)

@@ -11,6 +11,7 @@ import psutil
 import zmq
 
 from vcpu import abi, guest
+from vcpu.bare import run_bare
 from vcpu.guest_haltpoll import make_guest_policy
 from vcpu.halt import Recorder, VCpu
 from vcpu.policy import PolicySpec, make_host_policy
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         # Pin before ZeroMQ starts its I/O thread, so that thread inherits the CPU too.
         psutil.Process().cpu_affinity([cpus[index]])
     words = abi.attach(spec["shm"])
+    kvm = None
     # Kicks are received by an I/O thread on this vCPU's core, as KVM's wake-up IPI lands
     # there. Requests (I/O submits, timer arms: exits the host handles) go out through a second
     # context whose I/O thread sits on the housekeeping CPU, so a vCPU that polls right after
@@ -59,12 +61,27 @@ def main(argv: list[str] | None = None) -> int:
         kick.setsockopt(zmq.RCVTIMEO, -1)
         # Allocate (and touch) the sample buffers before saying ready: that CPU must not land in
         # the measurement window, where an idle guest's whole cost is a few ms per second.
+        # The kvm backend builds its VM here too: KVM refuses a VM's ioctls to any other process.
+        if spec["backend"] == "kvm":
+            from vcpu.kvm_vcpu import KvmVcpu  # numpy and ctypes: not an emulated vCPU's start-up cost
+
+            kvm = KvmVcpu(spec, index, words)
         policy = PolicySpec.from_dict(spec["policy"])
-        recorder = Recorder(spec["sample_capacity"])
+        recorder = Recorder(spec["sample_capacity"]) if kvm is None else None
+        trips = guest.RoundTrips(spec["sample_capacity"]) if spec["workload"] == "rr" else None
         ctl.send(msgpack.packb({"kind": "ready", "who": "vcpu", "index": index, "pid": os.getpid()}))
         # hostd sets RUN once every process is up, then kicks us.
         while not (words[abi.H_RUN] or words[abi.H_STOP]):
             kick.recv()
+        if kvm is not None:
+            kvm.run(req)
+            ctl.send(msgpack.packb({"kind": "report", "who": "vcpu", "index": index, **kvm.report()}))
+            return 0
+        if spec["extra"].get("bare"):  # rr's host reference: no vCPU in the loop
+            run_bare(words, kick, req, index, trips, spec["safety_timeout_ms"])
+            ctl.send(msgpack.packb({"kind": "report", "who": "vcpu", "index": index, **recorder.payload(),
+                                    **trips.payload()}))
+            return 0
         v = VCpu(
             words,
             index,
@@ -77,12 +94,17 @@ def main(argv: list[str] | None = None) -> int:
             spec["safety_timeout_ms"],
             siblings(cpus, index),
         )
-        guest.run(spec["workload"], v, req, index, spec["interval_ns"])
-        ctl.send(msgpack.packb({"kind": "report", "who": "vcpu", "index": index, **recorder.payload()}))
+        # The bare-metal io reference: the device writes alone; this vCPU just stays halted.
+        workload = "idle" if spec["extra"].get("bare_io") else spec["workload"]
+        guest.run(workload, v, req, index, spec["interval_ns"], trips)
+        ctl.send(msgpack.packb({"kind": "report", "who": "vcpu", "index": index, **recorder.payload(),
+                                **(trips.payload() if trips else {})}))
     except Exception as exc:  # one line for the user; hostd reports which vCPU failed
         sys.stderr.write(f"vcpu{index}: {type(exc).__name__}: {exc}\n")
         return 1
     finally:
+        if kvm is not None:
+            kvm.close()
         for s in (kick, req, ctl):
             s.close(linger=2000)
         ctx.term()

@@ -24,15 +24,18 @@ import signal
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
+from hostd.experiments import bare_metal, side_by_side
+from hostd.plumbing.backend import check as check_backend
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.orphans import remove_stale_segments
 from hostd.plumbing.output import atomic_write, write_json
 from hostd.plumbing.policy_options import cycles_to_ns, tsc_khz_from_args
 from hostd.experiments.run import Terminated, on_sigterm, measure
 from hostd.experiments.progress import Progress
+from hostd.experiments.stats import interval, mean_ci
 from hostd.plumbing.spec import DEFAULT_INTERVAL_US, DEFAULT_TICK_HZ, VmSpec, parse_float, parse_int, place
 from vcpu.policy import KVM_HALT_POLL_NS_DEFAULT, POLICIES, SEED_HALT_POLL_CYCLES, U32_MAX, PolicySpec
 
@@ -98,6 +101,14 @@ class Plan:
     tsc_khz: int
     out: str
     durations: dict[str, float] = field(default_factory=dict)
+    backends: tuple[str, ...] = ("emu",)  # the first is the tables' own; a second (kvm) is shown beside it
+    kvm_unavailable: str | None = None  # why --backend both shows the emulator alone
+    # Beside the emulator, kvm cells run --quick's durations: `./run.sh` (both) stays within ~4 min on
+    # 2 cores. The kernel's rates and percentiles need no longer: its wakes are as many per second.
+    side_durations: dict[str, float] = field(default_factory=lambda: dict(DURATIONS[True]))
+
+    def duration(self, experiment: str, backend: str) -> float:
+        return self.side_durations[experiment] if backend != self.backends[0] else self.durations[experiment]
 
     @property
     def fixed_ns(self) -> int:
@@ -111,13 +122,13 @@ class Plan:
         # none; guest-haltpoll (the haltpoll driver turns host polling off); idle-poll (never halts)
         return PolicySpec(policy=policy, host_policy="none", halt_poll_ns=0)
 
-    def vm_spec(self, experiment: str, policy: str) -> VmSpec:
+    def vm_spec(self, experiment: str, policy: str, backend: str = "emu") -> VmSpec:
         vcpus = IDLE_VCPUS if experiment == "idle" else 1
         vcpu_cpus, device_cpu, overcommit = place(vcpus, None, None, False)
-        duration = self.durations[experiment]
+        duration = self.duration(experiment, backend)
         spec = VmSpec(vm="vm0", vcpus=vcpus, workload=experiment, policy=self.policy_spec(policy),
                       vcpu_cpus=vcpu_cpus, device_cpu=device_cpu, overcommit=overcommit,
-                      tick_hz=self.tick_hz, duration_s=duration)
+                      tick_hz=self.tick_hz, duration_s=duration, backend=backend)
         spec.sample_capacity = int(min(4_000_000, max(65_536, duration * 200_000)))
         return spec
 
@@ -132,19 +143,28 @@ class Plan:
                     out.append((r, exp, pol))
         return out
 
+    def cells(self) -> list[tuple[int, str, str, str]]:
+        """schedule() with each cell measured on every backend in turn, back to back, so drift
+        hits the emulator and the kernel alike: (repeat, experiment, policy, backend)."""
+        return [(r, e, p, b) for r, e, p in self.schedule() for b in self.backends
+                if b == "emu" or p in side_by_side.KVM_POLICIES]
 
-def run_id(experiment: str, policy: str, repeat: int) -> str:
-    return f"{experiment}/{policy}/r{repeat}"
+
+def run_id(experiment: str, policy: str, repeat: int, backend: str = "emu") -> str:
+    return f"{'kvm:' if backend == 'kvm' else ''}{experiment}/{policy}/r{repeat}"
 
 
 # --- pure aggregation ---------------------------------------------------------------------------
 
 def summarize(values: list[float | None]) -> dict:
-    """Median and min-max of the runs' values; None values (no sample) are left out."""
+    """Median and min-max of the runs' values; None values (no sample) are left out. Also the
+    mean of the repeats with its 95% Student-t interval as value, ci_low, ci_high (None with
+    fewer than 2 runs): the verdict orders two cells only where these intervals do not overlap."""
     xs = [v for v in values if v is not None]
+    ci = mean_ci(xs).to_dict()
     if not xs:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+        return {"median": None, "min": None, "max": None, **ci}
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), **ci}
 
 
 def run_metrics(result: dict) -> dict:
@@ -235,11 +255,28 @@ def _cyc(x: float | None) -> str:
     return "n/a" if x is None else f"{x:,.0f} cycles"
 
 
-def verdict(m: dict, fixed_ns: int, overcommit: bool = False, cores: int | None = None) -> str:
-    """One paragraph from the measured medians `m` (see medians()); seed figures named as such."""
+def apart(summary: dict | None, exp: str, a: str, b: str, metric: str) -> bool | None:
+    """Whether two cells differ beyond their 95% intervals across repeats: True (intervals apart),
+    False (they overlap: indistinguishable here), None (no interval: a single run, or no summary)."""
+    try:
+        ia, ib = interval(summary[exp][a][metric]), interval(summary[exp][b][metric])
+    except (KeyError, TypeError):
+        return None
+    if ia.value is None or ib.value is None or ia.n < 2 or ib.n < 2:
+        return None
+    return not ia.overlaps(ib)
+
+
+def verdict(m: dict, fixed_ns: int, overcommit: bool = False, cores: int | None = None,
+            summary: dict | None = None) -> str:
+    """One paragraph from the measured medians `m` (see medians()); seed figures named as such.
+    With `summary` (aggregate()'s, intervals included), two cells whose intervals overlap are
+    called indistinguishable instead of being ordered."""
     io, idle, timer = m.get("io", {}), m.get("idle", {}), m.get("timer", {})
     g = lambda d, p, k: d.get(p, {}).get(k)  # noqa: E731
     parts = []
+    pairs = {key: apart(summary, exp, "fixed", "none", key)
+             for exp, key in (("io", "writes_per_s"), ("idle", "cpu_pct_per_vcpu"), ("timer", "p50_cycles"))}
 
     f_pct, n_pct = g(io, "fixed", "pct_of_idle_poll"), g(io, "none", "pct_of_idle_poll")
     f_cpu, n_cpu = g(idle, "fixed", "cpu_pct_per_vcpu"), g(idle, "none", "cpu_pct_per_vcpu")
@@ -247,8 +284,10 @@ def verdict(m: dict, fixed_ns: int, overcommit: bool = False, cores: int | None 
     s = (f"fixed polling (the seed's 2,000,000 cycles = {fixed_ns / 1000:,.0f} us here) reached "
          f"{_pct(f_pct)} of idle-poll's writes/s (seed: 99%)")
     if f_w and n_w:
-        s += f", {f_w / n_w:.1f}x the {n_w:,.0f} writes/s of no polling ({_pct(n_pct)} of idle-poll)"
-    s += f", at {_core(f_cpu)} per idle vCPU against {_core(n_cpu)} without polling (seed: 1.5-2.5%)."
+        times = "indistinguishable here from" if pairs["writes_per_s"] is False else f"{f_w / n_w:.1f}x"
+        s += f", {times} the {n_w:,.0f} writes/s of no polling ({_pct(n_pct)} of idle-poll)"
+    same = "indistinguishable here; " if pairs["cpu_pct_per_vcpu"] is False else ""
+    s += f", at {_core(f_cpu)} per idle vCPU against {_core(n_cpu)} without polling ({same}seed: 1.5-2.5%)."
     parts.append(s)
 
     others = []
@@ -263,6 +302,8 @@ def verdict(m: dict, fixed_ns: int, overcommit: bool = False, cores: int | None 
     f_t, n_t, a_t = g(timer, "fixed", "p50_cycles"), g(timer, "none", "p50_cycles"), g(timer, "adaptive", "p50_cycles")
     if f_t is not None and n_t is not None:
         ratio = f", {n_t / f_t:,.0f}x lower" if f_t > 0 and n_t > f_t else ""
+        if pairs["p50_cycles"] is False:
+            ratio = ", indistinguishable here"
         t = (f"Timer wake - deadline p50: {_cyc(f_t)} with fixed vs {_cyc(n_t)} without polling{ratio}"
              f" (seed: 8,000-10,000 vs 20,000-120,000)")
         if a_t is not None:
@@ -290,6 +331,9 @@ def verdict(m: dict, fixed_ns: int, overcommit: bool = False, cores: int | None 
             where = "below" if f_cpu < lo else "within" if f_cpu <= hi else "above"
             claim += f", at an idle cost {where} the seed's 1.5-2.5% per vCPU"
         parts.append(claim + ".")
+    if summary is not None and None in pairs.values():
+        parts.append("One run per cell has no interval across repeats, so where fixed and none differ above that "
+                     "may be noise (--repeat 3 or more tells).")
     if overcommit:
         parts.append(f"The idle guest was overcommitted ({IDLE_VCPUS} vCPUs + device on "
                      f"{cores if cores else 'fewer'} CPUs), so a busy vCPU's figure is its share of a shared core.")
@@ -324,28 +368,28 @@ def sensitive(experiment: str, policy: str) -> bool:
     return experiment != "idle" or policy == "idle-poll"
 
 
-def poll_invalid_frac(result: dict) -> float:
-    """Share of host polls cut short because the vCPU was preempted (halt_poll_invalid)."""
+def poll_preempted_frac(result: dict) -> float:
+    """Share of host polls cut short because another task wanted the vCPU's CPU (halt_poll_preempted)."""
     attempted = sum(v["stats"]["halt_attempted_poll"] for v in result["vcpus"])
-    invalid = sum(v["stats"]["halt_poll_invalid"] for v in result["vcpus"])
-    return invalid / attempted if attempted >= 20 else 0.0
+    preempted = sum(v["stats"]["halt_poll_preempted"] or 0 for v in result["vcpus"])  # null on kvm
+    return preempted / attempted if attempted >= 20 else 0.0
 
 
 def disturbance(experiment: str, policy: str, result: dict, foreign: float) -> str | None:
     """Why a run measured its neighbours more than its policy, or None. Two signs: other processes
     held the vCPU's CPU (foreign load), or a neighbour kept preempting the polls (need_resched()),
-    so that a polling policy mostly blocked (seen as halt_poll_invalid; ~1% on a quiet machine)."""
+    so that a polling policy mostly blocked (seen as halt_poll_preempted; ~0.1% on a quiet machine)."""
     if not sensitive(experiment, policy):
         return None
     if foreign >= DISTURBED:
         return f"other processes used {foreign:.2f} of a core beside it"
-    invalid = poll_invalid_frac(result)
-    if invalid >= PREEMPTED_POLLS:
-        return f"{100 * invalid:.0f}% of its polls were cut short by preemption"
+    preempted = poll_preempted_frac(result)
+    if preempted >= PREEMPTED_POLLS:
+        return f"{100 * preempted:.0f}% of its polls were cut short by preemption"
     return None
 
 
-def _measure_cell(plan: Plan, exp: str, pol: str):
+def _measure_cell(plan: Plan, exp: str, pol: str, backend: str):
     """One run: (§8 result, wake-latency samples in ns, foreign load). Retries once if a child died."""
     import numpy as np
 
@@ -353,7 +397,7 @@ def _measure_cell(plan: Plan, exp: str, pol: str):
     from hostd.plumbing.vm import ChildDied
 
     for attempt in (1, 2):
-        spec = plan.vm_spec(exp, pol)
+        spec = plan.vm_spec(exp, pol, backend)
         try:
             result, vm = measure(spec, plan.tsc_khz, progress=False)
             foreign = result["host_cpus"]["foreign_load"]
@@ -376,22 +420,25 @@ def measure_all(plan: Plan, progress: bool) -> tuple[list[dict], dict]:
     """
     from hostd.experiments.report import check_failures
 
-    schedule = plan.schedule()
-    weights = [plan.durations[exp] + CELL_OVERHEAD_S for _, exp, _ in schedule]
+    schedule = plan.cells()
+    weights = [plan.duration(exp, backend) + CELL_OVERHEAD_S for _, exp, _, backend in schedule]
     retry_budget = RETRY_BUDGET * sum(weights)
+    bare_w = plan.durations["io"] + CELL_OVERHEAD_S
     runs: list[dict] = []
     samples: dict[tuple[str, str], list] = {}
-    with Progress(weights, progress) as bar:
-        for k, ((rep, exp, pol), weight) in enumerate(zip(schedule, weights), 1):
-            rid = run_id(exp, pol, rep)
+    with Progress(weights + [bare_w] * len(bare_metal.MODES) * plan.repeat, progress) as bar:
+        for k, ((rep, exp, pol, backend), weight) in enumerate(zip(schedule, weights), 1):
+            if exp == "io" and not any(r["experiment"] == "bare-metal" and r["repeat"] == rep for r in runs):
+                runs += bare_metal.measure_repeat(rep, plan.durations["io"], plan.tsc_khz, bar, bare_w)
+            rid = run_id(exp, pol, rep, backend)
             attempts = []
             while True:
                 n = len(attempts) + 1
-                label = f"[{k}/{len(schedule)}] {exp:<5} {pol:<14} repeat {rep}/{plan.repeat}"
+                label = f"[{k}/{len(schedule)}] {backend} {exp:<5} {pol:<14} repeat {rep}/{plan.repeat}"
                 bar.start_cell(label + (f" (attempt {n}: machine busy)" if n > 1 else ""), weight)
-                result, lat, foreign = _measure_cell(plan, exp, pol)
+                result, lat, foreign = _measure_cell(plan, exp, pol, backend)
                 why = disturbance(exp, pol, result, foreign)
-                attempts.append((why is not None, foreign + poll_invalid_frac(result), foreign, why, result, lat))
+                attempts.append((why is not None, foreign + poll_preempted_frac(result), foreign, why, result, lat))
                 if why is None or n >= MAX_ATTEMPTS or retry_budget < weight:
                     break
                 retry_budget -= weight
@@ -399,15 +446,16 @@ def measure_all(plan: Plan, progress: bool) -> tuple[list[dict], dict]:
             _, _, foreign, why, result, lat = min(attempts, key=lambda a: (a[0], a[1]))
             metrics = run_metrics(result)
             runs.append({
-                "id": rid, "experiment": exp, "policy": pol, "repeat": rep, "order": k,
+                "id": rid, "experiment": exp, "policy": pol, "repeat": rep, "order": k, "backend": backend,
                 "metrics": metrics,
-                "foreign_load": round(foreign, 4), "poll_invalid_frac": round(poll_invalid_frac(result), 4),
+                "foreign_load": round(foreign, 4), "poll_preempted_frac": round(poll_preempted_frac(result), 4),
                 "disturbed": why is not None, "disturbance": why,
                 "discarded_attempts": [{"foreign_load": round(a[2], 4), "disturbance": a[3],
                                         "metrics": run_metrics(a[4])} for a in attempts if a[4] is not result],
                 "check_failures": check_failures(result), "result": result,
             })
-            samples.setdefault((exp, pol), []).append(lat)
+            key = exp if backend == plan.backends[0] else side_by_side.sample_key(exp)  # kvm beside emu
+            samples.setdefault((key, pol), []).append(lat)
             note = f" ({why})" if why else ""
             bar.end_cell(weight, f"  [{k}/{len(schedule)}] {rid}: {_brief(metrics)}{note}")
     return runs, samples
@@ -424,7 +472,7 @@ def _brief(m: dict) -> str:
 # --- output -------------------------------------------------------------------------------------------
 
 CSV_COLUMNS = {
-    "io": ("writes_per_s", "pct_of_idle_poll", "poll_success_pct", "halt_exits", "halt_successful_poll", "exits_per_s",
+    "io": ("writes_per_s", "pct_of_bare_metal", "pct_of_idle_poll", "poll_success_pct", "halt_exits", "halt_successful_poll", "exits_per_s",
            "wake_p50_ns", "wake_p99_ns"),
     "idle": ("cpu_pct_per_vcpu", "halts_per_s", "failed_polls_per_s"),
     "timer": ("p50_ns", "p99_ns", "max_ns", "p50_cycles", "p99_cycles", "max_cycles", "wakes"),
@@ -435,13 +483,14 @@ def summary_csv(exp: str, summary: dict) -> str:
     buf = _io.StringIO()
     w = csv.writer(buf)
     cols = CSV_COLUMNS[exp]
-    w.writerow(["policy", "n_runs"] + [f"{c}_{s}" for c in cols for s in ("median", "min", "max")])
+    stat = ("median", "min", "max", "value", "ci_low", "ci_high")  # value: the mean its 95% interval is for
+    w.writerow(["policy", "n_runs"] + [f"{c}_{'mean' if s == 'value' else s}" for c in cols for s in stat])
     for pol, ms in summary.get(exp, {}).items():
         n = max((ms[c]["n"] for c in cols if c in ms), default=0)
         row = [pol, n]
         for c in cols:
             s = ms.get(c, {})
-            row += [s.get("median"), s.get("min"), s.get("max")]
+            row += [s.get(k) for k in stat]
         w.writerow(["" if v is None else v for v in row])
     return buf.getvalue()
 
@@ -449,7 +498,7 @@ def summary_csv(exp: str, summary: dict) -> str:
 def runs_csv(exp: str, runs: list[dict]) -> str:
     buf = _io.StringIO()
     w = csv.writer(buf)
-    cols = [c for c in CSV_COLUMNS[exp] if c != "pct_of_idle_poll"]
+    cols = [c for c in CSV_COLUMNS[exp] if c not in ("pct_of_idle_poll", "pct_of_bare_metal")]
     w.writerow(["run", "policy", "repeat", "order", "duration_s", "overcommit"] + cols)
     for r in runs:
         if r["experiment"] != exp:
@@ -470,12 +519,24 @@ def placement(plan: Plan) -> dict:
 
 
 def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float) -> dict:
-    summary = aggregate(runs)
+    summary = aggregate([r for r in runs if r.get("backend", "emu") == plan.backends[0]])
+    bare = bare_metal.pct_of_bare_metal(runs, plan.backends[0])
+    for pol, pct in bare["pct"].items():
+        if pol in summary.get("io", {}):
+            summary["io"][pol]["pct_of_bare_metal"] = pct
     place_ = placement(plan)
     cpus = len(os.sched_getaffinity(0))
     failures = [f"{r['id']}: {f}" for r in runs for f in r["check_failures"]]
     disturbed = [r["id"] for r in runs if r.get("disturbed")]
-    text = verdict(medians(summary), plan.fixed_ns, place_["idle"]["overcommit"], cpus)
+    text = verdict(medians(summary), plan.fixed_ns, place_["idle"]["overcommit"], cpus, summary=summary)
+    text += bare_metal.verdict(bare)
+    kvm = None
+    if plan.backends[1:] == ("kvm",):
+        kvm_summary = aggregate([r for r in runs if r["backend"] == "kvm"])
+        kvm = side_by_side.document(summary, kvm_summary)
+        text += " " + side_by_side.verdict(summary, kvm_summary)
+    elif plan.kvm_unavailable:
+        kvm = {"unavailable": plan.kvm_unavailable}
     if disturbed:
         text += (f" Caution: {len(disturbed)} of {len(runs)} runs were disturbed by other processes even after "
                  f"re-measuring (marked *): measure on a quiet machine for figures worth quoting.")
@@ -485,8 +546,10 @@ def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float)
         "elapsed_s": round(elapsed_s, 1),
         "config": {
             "quick": plan.quick,
+            "backends": list(plan.backends),
             "repeat": plan.repeat,
             "durations_s": plan.durations,
+            "side_durations_s": plan.side_durations if len(plan.backends) > 1 else None,
             "tick_hz": plan.tick_hz,
             "tsc_khz": plan.tsc_khz,
             "fixed_halt_poll_cycles": SEED_HALT_POLL_CYCLES,
@@ -499,7 +562,10 @@ def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float)
             "disturbed_preempted_polls": PREEMPTED_POLLS,
             "max_attempts": MAX_ATTEMPTS,
         },
+        "backend": plan.backends[0],
         "summary": summary,
+        "bare_metal": bare,
+        "kvm": kvm,
         "verdict": text,
         "disturbed_runs": disturbed,
         "retried_runs": [r["id"] for r in runs if r.get("discarded_attempts")],
@@ -524,22 +590,49 @@ def print_tables(doc: dict, out) -> None:
         return pol + (" *" if ids & disturbed else "")
 
     spread = " (min-max)" if reps > 1 else ""
+    side = doc["kvm"] if doc.get("kvm") and "summary" in doc["kvm"] else None
+
+    def kvm_columns(t, exp: str) -> None:
+        for col in side_by_side.columns(exp) if side else ():
+            t.add_column(col, justify="right")
+
+    def kvm_cells(exp: str, pol: str) -> list[str]:
+        return side_by_side.cells(side, exp, pol, cell) if side else []
+
     console.print(
         f"[bold]hostd compare[/bold]: median of {reps} run(s) per cell{', --quick' if cfg['quick'] else ''}; "
         f"fixed = {SEED_HALT_POLL_CYCLES:,} cycles = {cfg['fixed_halt_poll_ns']:,} ns at {cfg['tsc_khz']:,} kHz; "
         f"adaptive max {cfg['adaptive_halt_poll_ns']:,} ns; [italic]seed[/italic] = the 2015 patch's quoted figures, "
         f"not measured here")
+    if doc["backend"] == "kvm":
+        console.print("backend: kvm, the kernel's own halt polling (fixed runs as its adaptive polling capped at "
+                      "the budget)")
+    elif side:
+        d = cfg["side_durations_s"]
+        console.print(f"kernel (kvm) = the same cell on real KVM VMs, the kernel's own halt polling (fixed runs "
+                      f"as its adaptive polling capped at the budget; runs of io {d['io']:g} s, idle {d['idle']:g} s, "
+                      f"timer {d['timer']:g} s); emu / kvm = the emulator's figure over the kernel's")
+    elif doc.get("kvm"):
+        console.print(f"kvm: {doc['kvm']['unavailable']}; the emulator's columns alone")
 
     io = s.get("io", {})
     t = Table(title=f"Latency-bound O_DSYNC writes (1 vCPU, {cfg['durations_s']['io']:g} s per run)",
               title_justify="left")
-    for col, j in (("policy", "left"), (f"writes/s{spread}", "right"), (f"% of idle-poll{spread}", "right"),
+    for col, j in (("policy", "left"), (f"writes/s{spread}", "right"),
+                   (f"% of bare metal{spread}\n(other CPUs idle)", "right"), (f"% of idle-poll{spread}", "right"),
                    ("successful polls / exits", "right"), ("exits/s", "right"), ("seed (2015)", "left")):
         t.add_column(col, justify=j, style="dim italic" if col.startswith("seed") else None)
+    kvm_columns(t, "io")
     for pol, m in io.items():
-        t.add_row(name("io", pol), cell(m["writes_per_s"]), cell(m.get("pct_of_idle_poll"), 0, "%"),
+        t.add_row(name("io", pol), cell(m["writes_per_s"]), cell(m.get("pct_of_bare_metal"), 0, "%"),
+                  cell(m.get("pct_of_idle_poll"), 0, "%"),
                   cell(m["poll_success_pct"], 0, "%", spread=False) if m["halt_exits"]["median"] else "no exits",
-                  cell(m["exits_per_s"], spread=False), SEED["io"].get(pol, ""))
+                  cell(m["exits_per_s"], spread=False), SEED["io"].get(pol, ""), *kvm_cells("io", pol))
+    bare = doc.get("bare_metal")
+    for mode, pct in (("idle", "100%"), ("busy", cell(bare and bare["pct"].get("bare-busy"), 0, "%"))):
+        if bare and bare[mode]["median"] is not None:
+            star = " *" if set(bare[mode]["runs"]) & disturbed else ""
+            t.add_row(f"bare metal, other CPUs {mode}{star}", cell(bare[mode]), pct, "", "no vCPU", "", "")
     console.print(t)
 
     idle = s.get("idle", {})
@@ -551,9 +644,10 @@ def print_tables(doc: dict, out) -> None:
     for col, j in (("policy", "left"), (f"host CPU per idle vCPU, % of a core{spread}", "right"),
                    (f"halts/s{spread}", "right"), (f"failed polls/s{spread}", "right"), ("seed (2015)", "left")):
         t.add_column(col, justify=j, style="dim italic" if col.startswith("seed") else None)
+    kvm_columns(t, "idle")
     for pol, m in idle.items():
         t.add_row(name("idle", pol), cell(m["cpu_pct_per_vcpu"], 2, "%"), cell(m["halts_per_s"], 1),
-                  cell(m["failed_polls_per_s"], 1), SEED["idle"].get(pol, ""))
+                  cell(m["failed_polls_per_s"], 1), SEED["idle"].get(pol, ""), *kvm_cells("idle", pol))
     console.print(t)
 
     timer = s.get("timer", {})
@@ -563,9 +657,11 @@ def print_tables(doc: dict, out) -> None:
     for q in ("p50", "p99", "max"):
         t.add_column(f"{q} ns{spread}\n{q} TSC cycles", justify="right", no_wrap=True)
     t.add_column("seed (2015)", style="dim italic")
+    kvm_columns(t, "timer")
     for pol, m in timer.items():
         t.add_row(name("timer", pol), *(f"{cell(m[q + '_ns'])}\n{cell(m[q + '_cycles'])}"
-                                        for q in ("p50", "p99", "max")), SEED["timer"].get(pol, ""))
+                                        for q in ("p50", "p99", "max")), SEED["timer"].get(pol, ""),
+                  *kvm_cells("timer", pol))
     console.print(t)
 
     if disturbed:
@@ -610,6 +706,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: read from the machine)")
     p.add_argument("--out", metavar="DIR", help="result folder (default results/<UTC timestamp>/)")
     p.add_argument("--json", action="store_true", help="print one JSON object (what results.json holds) on stdout")
+    p.add_argument("--backend", default="emu", metavar="{emu,kvm,both}",
+                   help="emu: the emulator (default); kvm: real KVM VMs, the kernel's own halt polling; both: "
+                   "every cell on each, the kernel's figures and emulator / kernel beside the emulator's "
+                   "(the emulator alone, with the reason, where /dev/kvm is unusable)")
+    p.add_argument("--table", default="seed", metavar="{seed,dyn2015,guest2019,all}",
+                   help="seed: the 2015 patch's experiment (default); dyn2015: dynamic halt-polling's idle %%c0 and "
+                   "TCP_RR-like latency; guest2019: guest halt polling's ping-pong; all: each in turn, each in a "
+                   "folder of its own under --out")
+    p.add_argument("--always-poll-us", metavar="US",
+                   help="dyn2015: always-poll's budget in microseconds (default 500)")
     p.set_defaults(func=main)
 
 
@@ -631,8 +737,24 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         probe = os.path.dirname(probe)
     if not os.access(probe if not os.path.isdir(out) else out, os.W_OK):
         raise UsageError(f"--out: cannot write into {out!r}")
+    backends, kvm_unavailable = _backends(args.backend)
     return Plan(quick=args.quick, repeat=repeat, tick_hz=tick_hz, tsc_khz=tsc_khz, out=out,
-                durations=dict(DURATIONS[bool(args.quick)]))
+                durations=dict(DURATIONS[bool(args.quick)]), backends=backends, kvm_unavailable=kvm_unavailable)
+
+
+def _backends(text: str) -> tuple[tuple[str, ...], str | None]:
+    """--backend: the backends to run, and why kvm is left out of `both` (or None)."""
+    if text not in ("emu", "kvm", "both"):
+        raise UsageError(f"--backend: unknown backend {text!r} (choose from emu, kvm, both)")
+    if text == "emu":
+        return ("emu",), None
+    try:
+        check_backend("kvm", PolicySpec(policy="none", host_policy="none", halt_poll_ns=0))
+    except UsageError as exc:
+        if text == "kvm":
+            raise
+        return ("emu",), str(exc)
+    return ("kvm",) if text == "kvm" else ("emu", "kvm"), None
 
 
 def write_results(plan: Plan, doc: dict, samples: dict) -> list[str]:
@@ -650,7 +772,20 @@ def write_results(plan: Plan, doc: dict, samples: dict) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from hostd.experiments import tables  # it imports this module
+
+    which = tables.parse_tables(args.table)
     plan = plan_from_args(args)
+    others = tables.plan_from_compare(args, plan, [t for t in which if t != "seed"])  # validated before any run
+    rc = 0
+    if "seed" in which:
+        rc = main_seed(args, replace(plan, out=os.path.join(plan.out, "seed")) if others else plan)
+    if others and rc != EXIT_SIGNAL:
+        rc = max(rc, tables.main(args, others, plan.out, nested="seed" in which))
+    return rc
+
+
+def main_seed(args: argparse.Namespace, plan: Plan) -> int:
     remove_stale_segments()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()

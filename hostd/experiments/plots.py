@@ -5,7 +5,9 @@
 - throughput_vs_idle_cpu.png: io writes/s (% of idle-poll) against host CPU per idle vCPU, one
   point per policy with its min-max as error bars, the seed's quoted range drawn as a labelled box;
 - timer_latency.png: the TSC-deadline test's wake - deadline distribution for none / fixed /
-  adaptive, log x, with the seed's quoted ranges shaded and labelled.
+  adaptive, log x, with the seed's quoted ranges shaded and labelled;
+
+and `hostd tune`'s tradeoff.png (tune_tradeoff), `hostd replay --trace`'s halts.png (halt_budgets).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import os
 
 import numpy as np
 
+from hostd.experiments import side_by_side
 from hostd.plumbing.output import atomic_write
 
 COLORS = {"none": "#d62728", "fixed": "#1f77b4", "adaptive": "#2ca02c", "guest-haltpoll": "#9467bd",
@@ -46,6 +49,16 @@ def _pooled(samples: dict, exp: str, pol: str) -> np.ndarray:
     return np.concatenate(arrays)
 
 
+def _series(doc: dict, exp: str) -> list[tuple[dict, str, str, str]]:
+    """(summary, sample key, line style, label suffix) of each backend compare ran: the tables'
+    own solid, the kernel's beside it (--backend both) dashed."""
+    out = [(doc["summary"], exp, "-", "")]
+    kvm = side_by_side.summary_of(doc)
+    if kvm is not None:
+        out.append((kvm, side_by_side.sample_key(exp), "--", ", kernel (kvm)"))
+    return out
+
+
 def _ecdf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.sort(np.maximum(x, 1))  # log axis: a 0 ns sample is drawn at 1 ns
     y = np.arange(1, x.size + 1) / x.size
@@ -59,14 +72,16 @@ def wake_latency_cdf(path: str, doc: dict, samples: dict) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     drawn = False
-    for pol in doc["summary"].get("io", {}):
-        x = _pooled(samples, "io", pol)
-        if x.size == 0:
-            continue
-        xs, ys = _ecdf(x)
-        med = float(np.median(x))
-        ax.step(xs, ys, where="post", color=COLORS.get(pol), label=f"{pol} (p50 {med / 1000:,.1f} us, n={x.size:,})")
-        drawn = True
+    for summary, key, style, who in _series(doc, "io"):
+        for pol in summary.get("io", {}):
+            x = _pooled(samples, key, pol)
+            if x.size == 0:
+                continue
+            xs, ys = _ecdf(x)
+            med = float(np.median(x))
+            ax.step(xs, ys, where="post", color=COLORS.get(pol), linestyle=style,
+                    label=f"{pol}{who} (p50 {med / 1000:,.1f} us, n={x.size:,})")
+            drawn = True
     ax.set_xscale("log")
     ax.set_xlabel("wake latency: interrupt injected -> guest resumes (ns, log scale)")
     ax.set_ylabel("fraction of wakes <= x")
@@ -80,17 +95,19 @@ def wake_latency_cdf(path: str, doc: dict, samples: dict) -> None:
 
 def throughput_vs_idle_cpu(path: str, doc: dict) -> None:
     plt = _pyplot()
-    io, idle = doc["summary"].get("io", {}), doc["summary"].get("idle", {})
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for pol in io:
-        y, x = io[pol].get("pct_of_idle_poll"), idle.get(pol, {}).get("cpu_pct_per_vcpu")
-        if not y or not x or y["median"] is None or x["median"] is None:
-            continue
-        xe = [[x["median"] - x["min"]], [x["max"] - x["median"]]]
-        ye = [[y["median"] - y["min"]], [y["max"] - y["median"]]]
-        ax.errorbar(x["median"], y["median"], xerr=xe, yerr=ye, fmt="o", ms=8, capsize=3,
-                    color=COLORS.get(pol), label=f"{pol}: {y['median']:.0f}% at {x['median']:.2f}% of a core")
-        ax.annotate(pol, (x["median"], y["median"]), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    for summary, _, style, who in _series(doc, "io"):
+        io, idle = summary.get("io", {}), summary.get("idle", {})
+        for pol in io:
+            y, x = io[pol].get("pct_of_idle_poll"), idle.get(pol, {}).get("cpu_pct_per_vcpu")
+            if not y or not x or y["median"] is None or x["median"] is None:
+                continue
+            xe = [[x["median"] - x["min"]], [x["max"] - x["median"]]]
+            ye = [[y["median"] - y["min"]], [y["max"] - y["median"]]]
+            ax.errorbar(x["median"], y["median"], xerr=xe, yerr=ye, fmt="o" if not who else "s", ms=8, capsize=3,
+                        mfc=None if not who else "none", color=COLORS.get(pol),
+                        label=f"{pol}{who}: {y['median']:.0f}% at {x['median']:.2f}% of a core")
+            ax.annotate(pol + who, (x["median"], y["median"]), textcoords="offset points", xytext=(6, 6), fontsize=9)
     # The seed's quoted figure, not a measurement: fixed at 99% of idle=poll, 1.5-2.5% per idle vCPU.
     lo, hi = doc["seed"]["idle_fixed_cpu_pct_range"]
     seed_y = doc["seed"]["io_fixed_pct_of_idle_poll"]
@@ -109,16 +126,17 @@ def timer_latency(path: str, doc: dict, samples: dict) -> None:
     plt = _pyplot()
     khz = doc["config"]["tsc_khz"]
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    data = {pol: np.maximum(_pooled(samples, "timer", pol), 1) for pol in doc["summary"].get("timer", {})}
+    data = {(pol, style, who): np.maximum(_pooled(samples, key, pol), 1)
+            for summary, key, style, who in _series(doc, "timer") for pol in summary.get("timer", {})}
     data = {p: x for p, x in data.items() if x.size}
     if data:
         lo = max(1.0, min(float(x.min()) for x in data.values()))
         hi = max(float(x.max()) for x in data.values())
         bins = np.logspace(np.log10(lo), np.log10(max(hi, lo * 10)), 60)
-        for pol, x in data.items():
+        for (pol, style, who), x in data.items():
             weights = np.full(x.size, 1.0 / x.size)
-            ax.hist(x, bins=bins, weights=weights, histtype="step", lw=1.8, color=COLORS.get(pol),
-                    label=f"{pol} (p50 {np.median(x):,.0f} ns, n={x.size:,})")
+            ax.hist(x, bins=bins, weights=weights, histtype="step", lw=1.8, color=COLORS.get(pol), linestyle=style,
+                    label=f"{pol}{who} (p50 {np.median(x):,.0f} ns, n={x.size:,})")
     # The seed's quoted ranges (cycles), converted to ns with this machine's TSC rate.
     with_poll, without = doc["seed"]["timer_cycles_with_poll"], doc["seed"]["timer_cycles_without_poll"]
     to_ns = lambda c: c * 1e6 / khz  # noqa: E731
@@ -144,3 +162,84 @@ def write_all(out: str, doc: dict, samples: dict) -> list[str]:
     throughput_vs_idle_cpu(os.path.join(out, names[1]), doc)
     timer_latency(os.path.join(out, names[2]), doc, samples)
     return names
+
+
+def tune_tradeoff(path: str, doc: dict) -> None:
+    """hostd tune: the figure against host CPU per vCPU, one point per budget with its 95% interval
+    as an error bar (an end the data cannot bound runs dotted to the edge), the recommendation starred."""
+    from hostd.experiments.tune import budget_label, verdict_label
+
+    plt = _pyplot()
+    pts = [p for p in doc["points"] if p["figure"]["value"] is not None]
+    rec = doc["recommendation"]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    x = [100 * p["host_cpu_frac_per_vcpu"] for p in pts]
+    y = [p["figure"]["value"] for p in pts]
+    lo = [p["figure"]["ci_low"] for p in pts]
+    hi = [p["figure"]["ci_high"] for p in pts]
+    yerr = [[0 if v is None else yi - v for yi, v in zip(y, lo)], [0 if v is None else v - yi for yi, v in zip(y, hi)]]
+    open_ends = " (dotted: unbounded)" if None in lo + hi else ""
+    ax.errorbar(x, y, yerr=yerr, fmt="-o", color=COLORS["fixed"], ms=6, capsize=3,
+                label=f"fixed budget (sweep), 95% interval{open_ends}")
+    for i, (p, xi, yi) in enumerate(zip(pts, x, y)):  # labels alternate above/below: neighbours often crowd
+        ax.annotate(budget_label(p["budget_ns"]), (xi, yi), textcoords="offset points",
+                    xytext=(6, 6) if i % 2 == 0 else (6, -13), fontsize=9)
+    chosen = [(xi, yi) for p, xi, yi in zip(pts, x, y) if p["budget_ns"] == rec["budget_ns"]]
+    if chosen:
+        label = verdict_label(rec)
+        ax.plot(*chosen[0], "*", ms=18, color="#ff7f0e", zorder=5,
+                label=f"recommended: {budget_label(rec['budget_ns'])}" + (f" ({label})" if label else ""))
+    if rec.get("target_figure") is not None:
+        what = "best's interval - " if doc["higher_is_better"] else "best's interval + "
+        ax.axhline(rec["target_figure"], ls="--", color="#2ca02c", lw=1,
+                   label=f"target: {what}{1 - doc['target']:.0%} of the {'best' if doc['higher_is_better'] else 'gain'}")
+    if not doc["higher_is_better"]:
+        ax.set_yscale("log")
+    ax.margins(x=0.1, y=0.12)  # room for the labels of the outermost points
+    bottom, top = ax.get_ylim()
+    for xi, yi, a, b in zip(x, y, lo, hi):
+        if a is None:
+            ax.plot([xi, xi], [bottom, yi], ":", color=COLORS["fixed"], lw=1)
+        if b is None:
+            ax.plot([xi, xi], [yi, top], ":", color=COLORS["fixed"], lw=1)
+    ax.set_ylim(bottom, top)
+    ax.set_xlabel("host CPU per vCPU (% of one core)")
+    ax.set_ylabel(doc["figure_label"] + (" (log scale)" if not doc["higher_is_better"] else ""))
+    ax.set_title(f"hostd tune --workload {doc['workload']}: figure vs host CPU, points labelled by halt_poll_ns")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    _save(plt, fig, path)
+
+
+def halt_budgets(path: str, halts: np.ndarray, marks: list[tuple[str, float | None, str]], title: str) -> None:
+    """hostd replay --trace: the halt-duration distribution (log x) with budgets marked, one vertical
+    line per (label, budget ns, colour key); a budget of 0 or None cannot sit on a log axis and is
+    named in the legend only."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    x = np.maximum(np.asarray(halts, dtype=np.int64), 1)
+    if x.size:
+        lo, hi = float(x.min()), float(x.max())
+        bins = np.logspace(np.log10(lo), np.log10(max(hi, lo * 10)), 80)
+        ax.hist(x, bins=bins, weights=np.full(x.size, 1.0 / x.size), color="#bbbbbb",
+                label=f"halt durations (p50 {np.median(x) / 1000:,.1f} us, n={x.size:,})")
+    ax.set_xscale("log")
+    for label, ns, key in marks:
+        optimum = key == "optimum"
+        color = "black" if optimum else COLORS.get(key, "#8c564b")
+        if ns is None or ns < 1:
+            ax.plot([], [], color=color, lw=1.5, ls=":", label=f"{label}: 0 (never polls)")
+            continue
+        ax.axvline(ns, color=color, lw=2.5 if optimum else 1.5,
+                   ls="--" if optimum else "-." if key == "kernel" else "-", label=f"{label}: {ns / 1000:,.1f} us")
+    ax.set_xlabel("halt duration: HLT to wake, including the poll (ns, log scale)")
+    ax.set_ylabel("fraction of halts per bin")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="best", fontsize=8)
+    _save(plt, fig, path)
+
+
+# Public for other experiments' plots (tables.py): Agg pyplot, and an atomic PNG save.
+pyplot = _pyplot
+save = _save

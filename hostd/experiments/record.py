@@ -328,7 +328,20 @@ class Recording:
         return failed
 
 
-def header(pids: list[int] | None, duration: float, instance: bool) -> bytes:
+@contextlib.contextmanager
+def run_trace(path: str, pids: list[int], duration: float, cap_ns: int):
+    """`hostd run --backend kvm --trace-out FILE`: the run's own vCPU threads' halts and the
+    kernel's decisions, recorded as `hostd record` would; drain() the recording now and then.
+    The header gives the VMs' KVM_CAP_HALT_POLL as halt_poll_ns: the max their adaptive ran with."""
+    with open(path, "wb") as out:
+        out.write(header(pids, duration, True, cap_ns))
+        with Recording(out, _threads(pids)) as rec:
+            yield rec
+        for w in rec.warnings:
+            print(f"hostd run: warning: {w}", file=sys.stderr)
+
+
+def header(pids: list[int] | None, duration: float, instance: bool, cap_ns: int | None = None) -> bytes:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot_id = f.read().strip()
@@ -337,6 +350,8 @@ def header(pids: list[int] | None, duration: float, instance: bool) -> bytes:
     doc = {"host": socket.gethostname(), "kernel": platform.release(), "boot_id": boot_id,
            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration_s": duration,
            "pids": pids, "instance": instance, "kvm_parameters": read_sys_params()}
+    if cap_ns is not None and doc["kvm_parameters"] is not None:
+        doc["kvm_parameters"]["halt_poll_ns"] = cap_ns
     return (RECORD_HEADER + json.dumps(doc) + "\n").encode()
 
 

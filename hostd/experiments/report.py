@@ -8,7 +8,13 @@ def _us(ns: int | None) -> str:
     return "-" if ns is None else f"{ns / 1000:.1f}"
 
 
+def _n(x) -> str:
+    return "-" if x is None else str(x)
+
+
 def check_failures(result: dict) -> list[str]:
+    if result["spec"]["backend"] == "kvm":
+        return _kvm_failures(result)
     out = []
     for v in result["vcpus"]:
         a, s = v["accounting"], v["stats"]
@@ -23,22 +29,34 @@ def check_failures(result: dict) -> list[str]:
     return out
 
 
+def _kvm_failures(result: dict) -> list[str]:
+    out = []
+    for v in result["vcpus"]:
+        a, s = v["accounting"], v["stats"]
+        if not a["delivered_le_injected"] or a["delivered_eq_injected"] is False:
+            out.append(f"vcpu{v['index']}: the guest took {s['irq_delivered']} interrupts of {s['irq_injected']} "
+                       f"injected ({'more than injected' if not a['delivered_le_injected'] else 'some lost'})")
+    return out
+
+
 def print_run(r: dict, out: TextIO) -> None:
     spec = r["spec"]
     pin = "unpinned" if spec["vcpu_cpus"] is None else f"vCPUs on CPUs {spec['vcpu_cpus']}, device on CPU {spec['device_cpu']}"
     oc = "  (overcommitted)" if spec["overcommit"] else ""
     out.write(
         f"{spec['vcpus']} vCPU(s), workload {spec['workload']}, policy {spec['policy']}"
-        f" (host {spec['host_policy']}, halt_poll_ns {spec['halt_poll_ns']}), {spec['duration_s']} s; {pin}{oc}\n\n"
+        f" (host {spec['host_policy']}, halt_poll_ns {spec['halt_poll_ns']}), backend {spec['backend']}, "
+        f"{spec['duration_s']} s; {pin}{oc}\n\n"
     )
-    cols = ("vcpu", "exits", "polls", "poll_ok", "invalid", "wakeups", "poll p50", "block p50",
+    cols = ("vcpu", "exits", "polls", "poll_ok", "preempted", "wakeups", "poll p50", "block p50",
             "all p99", "cpu %", "invol cs")
     out.write("".join(f"{c:>10}" for c in cols) + "   (latency in us)\n")
     for v in r["vcpus"]:
         s, lat, h = v["stats"], v["latency_ns"], v["host"]
         row = (
             v["index"], s["halt_exits"], s["halt_attempted_poll"], s["halt_successful_poll"],
-            s["halt_poll_invalid"], s["halt_wakeup"], _us(lat["poll"]["p50"]), _us(lat["block"]["p50"]),
+            _n(s["halt_poll_preempted"]), s["halt_wakeup"], _us((lat["poll"] or {}).get("p50")),
+            _us((lat["block"] or {}).get("p50")),
             _us(lat["all"]["p99"]), f"{100 * h['cpu_frac']:.2f}", h["ctx_involuntary"],
         )
         out.write("".join(f"{x:>10}" for x in row) + "\n")
@@ -47,19 +65,32 @@ def print_run(r: dict, out: TextIO) -> None:
     if w["name"] == "io":
         out.write(f"\nio: {w['ops_per_s']:.0f} synchronous writes/s ({w['writes']} writes); device time per "
                   f"write p50 {_us(dev['io_service_ns']['p50'])} us\n")
+    elif w["name"] == "rr":
+        out.write(f"\nrr: {w['transactions']} transactions ({w['transactions_per_s']:.0f}/s); round trip mean "
+                  f"{_us(w['rtt_mean_ns'] and round(w['rtt_mean_ns']))} us, p99 {_us(w['rtt_ns']['p99'])} us; "
+                  f"device answers after {_us(spec['rr']['service_ns'])} us\n")
     elif w["name"] == "timer":
         ns, cy = w["latency_ns"], w["latency_cycles"]
         out.write(
             f"\ntimer: wake - deadline p50 {_us(ns['p50'])} us ({cy['p50']} cycles), p99 {_us(ns['p99'])} us "
             f"({cy['p99']} cycles), max {_us(ns['max'])} us over {ns['count']} wakes\n"
-            f"       the device fired deadlines p50 {_us(dev['timer_lateness_ns']['p50'])} us late "
-            f"(max {_us(dev['timer_lateness_ns']['max'])} us)\n"
         )
+        if spec["backend"] == "emu":
+            out.write(f"       the device fired deadlines p50 {_us(dev['timer_lateness_ns']['p50'])} us late "
+                      f"(max {_us(dev['timer_lateness_ns']['max'])} us)\n")
     else:
         out.write(
             f"\nidle: {w['halts_per_s']:.1f} halts/s, {w['failed_polls_per_s']:.1f} failed polls/s, "
             f"host CPU per idle vCPU {100 * w['cpu_frac_per_vcpu']:.2f}% of a core\n"
         )
     c = r["checks"]
+    if spec["backend"] == "kvm":
+        eq = c["delivered_eq_injected"]
+        out.write(f"kvm: {spec['kvm']['kernel_policy']} (KVM_CAP_HALT_POLL {spec['kvm']['halt_poll_cap_ns']} ns); "
+                  f"stats are the kernel's own; foreign load {r['host_cpus']['foreign_load']:.2f} cores\n"
+                  f"     latency: {spec['kvm']['latency_span']}\n"
+                  f"checks: delivered <= injected {'ok' if c['delivered_le_injected'] else 'BROKEN'}"
+                  f"{'' if eq is None else ', delivered == injected ' + ('ok' if eq else 'BROKEN')}\n")
+        return
     late = f" ({c['late_wakeup']} late: kick delayed past the 1 s safety net)" if c["late_wakeup"] else ""
     out.write(f"checks: exactly-once {'ok' if c['exactly_once'] else 'BROKEN'}, lost wakeups {c['lost_wakeup']}{late}\n")

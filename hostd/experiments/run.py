@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import sys
 import time
 
 from hostd.experiments import report
+from hostd.experiments.record import run_trace
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.orphans import remove_stale_segments
 from hostd.plumbing.output import atomic_write, write_json
@@ -16,6 +18,7 @@ from hostd.plumbing.policy_options import add_policy_options, policy_spec_from_a
 from hostd.plumbing.results import build, vcpu_samples
 from hostd.plumbing.spec import VmSpec, add_vm_options, parse_duration, vm_spec_from_args
 from hostd.plumbing.vm import ChildDied, Vm
+from vcpu.kvm_vcpu import halt_poll_cap
 
 EXIT_CHECK_FAILED = 1
 EXIT_SIGNAL = 130
@@ -44,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (DESIGN §8)")
     p.add_argument("--out", metavar="DIR", help="also write result.json and each vCPU's halt durations "
                    "(vcpuN.halts, ns per line, for `hostd replay --halts`) into DIR")
+    p.add_argument("--trace-out", metavar="FILE", help="--backend kvm, root: also record the kernel's halt "
+                   "tracepoints for this run's vCPUs into FILE, as `hostd record` does (for `hostd replay --trace`)")
     p.set_defaults(func=main)
 
 
@@ -57,22 +62,35 @@ def spec_from_args(args: argparse.Namespace) -> tuple[VmSpec, int]:
     return spec, tsc_khz
 
 
-def measure(spec: VmSpec, tsc_khz: int, progress: bool) -> tuple[dict, Vm]:
-    """Run one VM for spec.duration_s and return its result; the VM is closed on every path."""
+def measure(spec: VmSpec, tsc_khz: int, progress: bool, window=None,
+            trace_out: str | None = None) -> tuple[dict, Vm]:
+    """Run one VM for spec.duration_s and return its result; the VM is closed on every path.
+    window: an object whose start() and stop() bracket the measurement window (e.g. a C0Meter);
+    trace_out: record the kernel's halt tracepoints for the vCPUs into this file (kvm)."""
     vm = Vm(spec)
     try:
         vm.start()
-        vm.go()
-        end = time.monotonic() + spec.duration_s
-        while (left := end - time.monotonic()) > 0:
-            time.sleep(min(0.1, left))
-            vm.check_children()
+        with contextlib.ExitStack() as stack:
+            trace = (stack.enter_context(run_trace(trace_out, vm.vcpu_pids(), spec.duration_s,
+                                                       halt_poll_cap(spec.policy)[0]))
+                     if trace_out else None)
+            vm.go()
+            if window is not None:
+                window.start()
+            end = time.monotonic() + spec.duration_s
+            while (left := end - time.monotonic()) > 0:
+                time.sleep(min(0.1, left))
+                vm.check_children()
+                if trace is not None:
+                    trace.drain()
+                if progress:
+                    done = spec.duration_s - max(0.0, left)
+                    sys.stderr.write(f"\r  measuring {done:5.1f}/{spec.duration_s:g} s")
             if progress:
-                done = spec.duration_s - max(0.0, left)
-                sys.stderr.write(f"\r  measuring {done:5.1f}/{spec.duration_s:g} s")
-        if progress:
-            sys.stderr.write("\n")
-        vm.stop()
+                sys.stderr.write("\n")
+            if window is not None:
+                window.stop()
+            vm.stop()
         return build(vm, tsc_khz), vm
     finally:
         vm.close()
@@ -82,10 +100,18 @@ def main(args: argparse.Namespace) -> int:
     spec, tsc_khz = spec_from_args(args)
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out: {args.out!r} exists and is not a directory")
+    if args.trace_out:
+        if spec.backend != "kvm":
+            raise UsageError("--trace-out: the kernel's tracepoints see only --backend kvm's vCPUs")
+        if os.geteuid() != 0:
+            raise UsageError("--trace-out needs root (tracefs and the kvm tracepoints are root's)")
+        if not os.access(os.path.dirname(os.path.abspath(args.trace_out)), os.W_OK):
+            raise UsageError(f"--trace-out: cannot write {args.trace_out!r}")
     remove_stale_segments()
     old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        result, vm = measure(spec, tsc_khz, progress=sys.stderr.isatty() and spec.duration_s >= 2)
+        result, vm = measure(spec, tsc_khz, progress=sys.stderr.isatty() and spec.duration_s >= 2,
+                             trace_out=args.trace_out)
     except (KeyboardInterrupt, Terminated):
         sys.stderr.write("hostd: interrupted; every process stopped and the segment removed\n")
         return EXIT_SIGNAL

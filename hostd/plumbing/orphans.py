@@ -6,7 +6,7 @@ import sys
 
 import psutil
 
-from vcpu import abi
+from vcpu import abi, kvm_trace
 
 
 def remove_stale_segments() -> list[str]:
@@ -30,4 +30,7 @@ def remove_stale_segments() -> list[str]:
         removed.append(name)
     if removed:
         sys.stderr.write(f"hostd: removed {len(removed)} stale segment(s) of dead runs: {', '.join(removed)}\n")
+    traces = kvm_trace.remove_stale()
+    if traces:
+        sys.stderr.write(f"hostd: removed {len(traces)} kvm trace instance(s) of dead runs: {', '.join(traces)}\n")
     return removed

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hostd.plumbing import backend
 from hostd.plumbing.vm import Vm
 from vcpu import abi
 from vcpu.halt import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
@@ -11,6 +12,7 @@ STATS = (
     "halt_exits", "halt_attempted_poll", "halt_successful_poll", "halt_poll_invalid",
     "halt_wakeup", "halt_poll_success_ns", "halt_poll_fail_ns", "halt_wait_ns", "halt_poll_ns",
     "irq_injected", "irq_delivered", "irq_coalesced", "spurious_wakeup", "lost_wakeup", "late_wakeup",
+    "halt_poll_preempted",
 )
 EXTRA_STATS = (
     "guest_halt_poll_success", "guest_halt_poll_fail", "guest_halt_poll_ns", "guest_poll_ns",
@@ -43,6 +45,7 @@ def build(vm: Vm, tsc_khz: int) -> dict:
     win = vm.window
     elapsed_ns = max(1, win.t1_ns - win.t0_ns)
     dev = vm.reports["irqsrc"]
+    kvm = spec.backend == "kvm"
     vcpus = []
     all_lat = []
     ok = True
@@ -50,6 +53,7 @@ def build(vm: Vm, tsc_khz: int) -> dict:
         counters = vm.counters(i)
         lat, path, _ = vcpu_samples(vm, i)
         all_lat.append(lat)
+        rep = vm.reports[f"vcpu{i}"]
         poll = np.isin(path, (PATH_POLL, PATH_GUEST_POLL))
         host = win.delta[i]
         stats = {k: counters[k] for k in STATS}
@@ -57,10 +61,15 @@ def build(vm: Vm, tsc_khz: int) -> dict:
         # shared sequence word, and the vCPU's delivered + coalesced plus what is still pending.
         pending = counters["irq_pending"]
         device_count = dev["injected"][i]
-        exactly_once = (
-            device_count == stats["irq_injected"] == stats["irq_delivered"] + stats["irq_coalesced"] + pending
-        )
-        ok = ok and exactly_once and stats["lost_wakeup"] == 0
+        if kvm:  # what the backend cannot know is null in its counters already
+            accounting = _kvm_accounting(spec.workload, stats)
+            ok = ok and accounting["delivered_le_injected"] and accounting["delivered_eq_injected"] is not False
+        else:
+            exactly_once = (
+                device_count == stats["irq_injected"] == stats["irq_delivered"] + stats["irq_coalesced"] + pending
+            )
+            ok = ok and exactly_once and stats["lost_wakeup"] == 0
+            accounting = {"device_injected": device_count, "pending_at_exit": pending, "exactly_once": exactly_once}
         vcpus.append({
             "index": i,
             "pid": vm.vcpu_pids()[i],
@@ -69,8 +78,9 @@ def build(vm: Vm, tsc_khz: int) -> dict:
             "guest": {k: counters[k] for k in EXTRA_STATS},
             "hist": {k: counters[k] for k in abi.HISTS},
             "latency_ns": {
-                "poll": percentiles(lat[poll]),
-                "block": percentiles(lat[path == PATH_BLOCK]),
+                # On kvm only the kvm:kvm_vcpu_wakeup trace says per halt whether it polled (DESIGN §9).
+                "poll": percentiles(lat[poll]) if not kvm or rep["paths_traced"] else None,
+                "block": percentiles(lat[path == PATH_BLOCK]) if not kvm or rep["paths_traced"] else None,
                 "all": percentiles(lat),
                 "guest_poll": percentiles(lat[path == PATH_GUEST_POLL]),
             },
@@ -85,18 +95,23 @@ def build(vm: Vm, tsc_khz: int) -> dict:
                 # not in cpu_ns, which is what the vCPU's own core burned.
                 "exit_cpu_ns": host.exit_cpu_ns,
             },
-            "accounting": {
-                "device_injected": device_count,
-                "pending_at_exit": pending,
-                "exactly_once": exactly_once,
-            },
+            "accounting": accounting,
+            "kvm": ({"tsc_khz": rep["tsc_khz"], "vmm_exits": rep["vmm_exits"], "vmm_exit_ns": rep["vmm_exit_ns"],
+                     "paths_from": "kvm:kvm_vcpu_wakeup" if rep["paths_traced"] else None,
+                     "trace_dropped": rep["trace_dropped"]} if kvm else None),
         })
     seconds = elapsed_ns / 1e9
-    lost = sum(v["stats"]["lost_wakeup"] for v in vcpus)
-    late = sum(v["stats"]["late_wakeup"] for v in vcpus)
+    lost = None if kvm else sum(v["stats"]["lost_wakeup"] for v in vcpus)
+    late = None if kvm else sum(v["stats"]["late_wakeup"] for v in vcpus)
+    # The guest's own cycles on kvm; the emulator's ns converted with the TSC rate otherwise.
+    cycles = (np.concatenate([_arr(vm.reports[f"vcpu{i}"], "latency_cycles") for i in range(spec.vcpus)])
+              if kvm else None)
     return {
         "spec": {
             "vcpus": spec.vcpus,
+            "backend": spec.backend,
+            "calibration": None,
+            "kvm": backend.describe(spec.backend, spec.policy, spec.workload),
             "workload": spec.workload,
             "policy": spec.policy.policy,
             "host_policy": spec.policy.host_policy,
@@ -111,9 +126,12 @@ def build(vm: Vm, tsc_khz: int) -> dict:
             "tick_hz": spec.tick_hz if spec.workload == "idle" else None,
             "io": ({"file": spec.io_file or "(temp file)", "service_ns": spec.io_service_ns}
                    if spec.workload == "io" else None),
+            "rr": ({"service_ns": spec.io_service_ns, "bare": bool(spec.extra.get("bare")),
+                    "span": RR_SPAN} if spec.workload == "rr" else None),
         },
         "vcpus": vcpus,
-        "workload": _workload(spec.workload, vcpus, np.concatenate(all_lat), dev, seconds, tsc_khz),
+        "workload": (_rr(vm, seconds) if spec.workload == "rr" else
+                     _workload(spec.workload, vcpus, np.concatenate(all_lat), dev, seconds, tsc_khz, cycles)),
         "host_cpus": {
             "cpuidle_entries": {str(k): v for k, v in win.idle_delta.items()},
             # Cores' worth of CPU others used on this VM's CPUs: a noisy neighbour, measured.
@@ -124,17 +142,53 @@ def build(vm: Vm, tsc_khz: int) -> dict:
             "timer_lateness_ns": percentiles(_arr(dev, "timer_late_ns")),
             "io_service_ns": percentiles(_arr(dev, "io_service_ns")),
         },
-        "checks": {"exactly_once": all(v["accounting"]["exactly_once"] for v in vcpus), "lost_wakeup": lost,
-                   "late_wakeup": late, "ok": ok},
+        "checks": _kvm_checks(vcpus, ok) if kvm else {
+            "exactly_once": all(v["accounting"]["exactly_once"] for v in vcpus), "lost_wakeup": lost,
+            "late_wakeup": late, "ok": ok},
     }
 
 
-def _workload(name: str, vcpus: list[dict], lat: np.ndarray, dev: dict, seconds: float, tsc_khz: int) -> dict:
+RR_SPAN = "guest clock right before sending the request -> guest clock once it runs again after the answer's interrupt"
+
+
+def _rr(vm: Vm, seconds: float) -> dict:
+    """rr's figure: round trip per transaction, mean and percentiles, over every vCPU."""
+    rtt = np.concatenate([_arr(vm.reports[f"vcpu{i}"], "rr_ns") for i in range(vm.spec.vcpus)])
+    return {"name": "rr", "transactions": int(rtt.size), "transactions_per_s": rtt.size / seconds,
+            "rtt_mean_ns": float(rtt.mean()) if rtt.size else None, "rtt_ns": percentiles(rtt),
+            "dropped": sum(vm.reports[f"vcpu{i}"].get("rr_dropped", 0) for i in range(vm.spec.vcpus))}
+
+
+def _kvm_accounting(workload: str, stats: dict) -> dict:
+    """What the kvm backend can prove: the guest took no interrupt nobody sent, and with one
+    interrupt in flight (io, timer) it took every one but the one the stop may have caught."""
+    injected, delivered = stats["irq_injected"], stats["irq_delivered"]
+    return {
+        "delivered_le_injected": delivered <= injected,
+        # idle's ticks may merge in the PIC's request register, as a real tick's do.
+        "delivered_eq_injected": None if workload == "idle" else injected - delivered in (0, 1),
+        "in_flight_at_exit": injected - delivered,
+    }
+
+
+def _kvm_checks(vcpus: list[dict], ok: bool) -> dict:
+    eq = [v["accounting"]["delivered_eq_injected"] for v in vcpus]
+    return {
+        "exactly_once": None, "lost_wakeup": None, "late_wakeup": None,  # the emulator's protocol only
+        "delivered_le_injected": all(v["accounting"]["delivered_le_injected"] for v in vcpus),
+        "delivered_eq_injected": None if None in eq else all(eq),
+        "ok": ok,
+    }
+
+
+def _workload(name: str, vcpus: list[dict], lat: np.ndarray, dev: dict, seconds: float, tsc_khz: int,
+              cycles: np.ndarray | None = None) -> dict:
     ops = sum(v["guest"]["ops"] for v in vcpus)
     if name == "io":
         return {"name": "io", "ops_per_s": ops / seconds, "writes": ops}
     if name == "timer":
-        cycles = (lat * (tsc_khz / 1e6)).astype(np.int64)
+        if cycles is None:
+            cycles = (lat * (tsc_khz / 1e6)).astype(np.int64)
         return {"name": "timer", "latency_ns": percentiles(lat), "latency_cycles": percentiles(cycles),
                 "wakes": ops}
     halts = sum(v["stats"]["halt_exits"] for v in vcpus)

@@ -5,11 +5,17 @@ import argparse
 import os
 from dataclasses import asdict, dataclass, field
 
+from hostd.plumbing import backend
+from hostd.plumbing.backend import add_backend_option
 from hostd.plumbing.errors import UsageError
 from vcpu.guest import WORKLOADS
 from vcpu.policy import PolicySpec
 
 DEFAULT_INTERVAL_US = 500
+# rr: TCP_RR's quoted round trips are 26.7-34 us (dynamic halt-polling, 2015), of which a few us
+# are the two hosts' own work; the wait inside the guest's halt is about 20 us. 20 us of device
+# time puts rr's halts at that scale: far inside the 200 us / 500 us poll budgets, as TCP_RR's are.
+DEFAULT_RR_SERVICE_US = 20
 DEFAULT_TICK_HZ = 2.5  # per vCPU: the seed's idle 4-vCPU Linux guest halts ~10 times/s
 SAFETY_TIMEOUT_MS = 1000
 MAX_CPU = 65535  # bounds --cpus ranges before they become lists
@@ -32,6 +38,8 @@ class VmSpec:
     sample_capacity: int = 1 << 20
     safety_timeout_ms: int = SAFETY_TIMEOUT_MS
     shm: str = ""
+    backend: str = "emu"  # "emu": emulated halt polling; "kvm": a real KVM VM per vCPU (DESIGN §9)
+    irqfds: list[int] | None = None  # kvm: one eventfd per vCPU, the device's irqfd into that VM
     extra: dict = field(default_factory=dict)
 
     def to_wire(self) -> dict:
@@ -51,11 +59,13 @@ def add_vm_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device-cpu", metavar="CPU", help="host CPU for the device process "
                    "(default: the first CPU not used by vCPUs, so it never steals a vCPU's core)")
     g.add_argument("--no-pin", action="store_true", help="do not pin: let the scheduler migrate the processes")
+    add_backend_option(g)
     w = p.add_argument_group("workload")
-    w.add_argument("--workload", default="timer", metavar="{idle,io,timer}",
+    w.add_argument("--workload", default="timer", metavar="{idle,io,timer,rr}",
                    help="timer: arm a TSC-deadline-like timer, halt, measure wake - deadline; "
                    "io: synchronous O_DSYNC writes, halt until each completes (writes/s); "
-                   "idle: an idle guest woken by its tick (host CPU per idle vCPU). Default timer")
+                   "idle: an idle guest woken by its tick (host CPU per idle vCPU); "
+                   "rr: TCP_RR-like request/response, round-trip latency per transaction. Default timer")
     w.add_argument("--interval-us", default=str(DEFAULT_INTERVAL_US), metavar="US",
                    help=f"timer: deadline distance in microseconds (default {DEFAULT_INTERVAL_US})")
     w.add_argument("--tick-hz", default=str(DEFAULT_TICK_HZ), metavar="HZ",
@@ -65,6 +75,11 @@ def add_vm_options(p: argparse.ArgumentParser) -> None:
                    help="io: file the device writes with O_DSYNC (default: a temp file on the host disk)")
     w.add_argument("--io-service-ns", metavar="NS",
                    help="io: model each write as this many ns of device time instead of a real write")
+    w.add_argument("--rr-service-us", default=str(DEFAULT_RR_SERVICE_US), metavar="US",
+                   help=f"rr: the device answers each request after this many microseconds (default "
+                   f"{DEFAULT_RR_SERVICE_US}: TCP_RR's quoted 27-34 us round trips less the hosts' own work)")
+    w.add_argument("--rr-bare", action="store_true",
+                   help="rr: no vCPU: a bare process ping-pongs with the device (the 'host alone' reference)")
 
 
 def parse_int(name: str, text: str, lo: int, hi: int | None = None) -> int:
@@ -136,8 +151,16 @@ def vm_spec_from_args(args: argparse.Namespace, policy: PolicySpec, vm: str = "v
     vcpus = parse_int("--vcpus", args.vcpus, 1, 256)
     if args.workload not in WORKLOADS:
         raise UsageError(f"--workload: unknown workload {args.workload!r} (choose from {', '.join(WORKLOADS)})")
+    backend.check(args.backend, policy, args.kvm_module_params)
     vcpu_cpus, device_cpu, overcommit = place(vcpus, args.cpus, args.device_cpu, args.no_pin)
     io_service_ns = None if args.io_service_ns is None else parse_int("--io-service-ns", args.io_service_ns, 0, 10**10)
+    if args.workload == "rr":
+        if args.backend != "emu":
+            raise UsageError("--workload rr: emulator only (the kvm backend's guest has no rr workload)")
+        # rr's answer is io's modelled completion, its service time given in us.
+        io_service_ns = parse_int("--rr-service-us", args.rr_service_us, 0, 10_000_000) * 1000
+    elif args.rr_bare:
+        raise UsageError("--rr-bare: only with --workload rr")
     if args.io_file is not None:
         parent = os.path.dirname(os.path.abspath(args.io_file))
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
@@ -156,6 +179,8 @@ def vm_spec_from_args(args: argparse.Namespace, policy: PolicySpec, vm: str = "v
         tick_hz=parse_float("--tick-hz", args.tick_hz, 0.0, 100_000.0),
         io_file=args.io_file,
         io_service_ns=io_service_ns,
+        backend=args.backend,
+        extra={"bare": True} if args.rr_bare else {},
     )
 
 

@@ -20,8 +20,9 @@ import psutil
 import zmq
 
 from hostd.plumbing import hoststats
+from hostd.plumbing.backend import KVM_UNKNOWN
 from hostd.plumbing.spec import VmSpec
-from vcpu import abi
+from vcpu import abi, kvm_trace
 
 READY_TIMEOUT_S = 20.0
 REPORT_TIMEOUT_S = 10.0
@@ -103,13 +104,23 @@ class Vm:
             w[b + abi.HALT_POLL_NS_SHRINK] = p.halt_poll_ns_shrink
             w[b + abi.RATE_MILLIHZ] = round(spec.tick_hz * 1000)
             w[b + abi.PARAM_GEN] = 1
+        if spec.backend == "kvm":
+            # One eventfd per vCPU: that VM's irqfd, written by the device process, which thereby
+            # injects into a VM it never opened. Children inherit them under the same numbers.
+            spec.irqfds = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(spec.vcpus)]
         with open(os.path.join(self.run_dir, abi.SPEC_FILE), "wb") as f:
             f.write(msgpack.packb(spec.to_wire()))
         self._ctl = self._ctx.socket(zmq.PULL)
         self._ctl.bind(abi.control_endpoint(self.run_dir))
-        self._spawn("irqsrc", ["-m", "irqsrc", "--run-dir", self.run_dir])
-        for i in range(spec.vcpus):
-            self._spawn(f"vcpu{i}", ["-m", "vcpu", "--run-dir", self.run_dir, "--index", str(i)], i)
+        fds = spec.irqfds or []
+        try:
+            self._spawn("irqsrc", ["-m", "irqsrc", "--run-dir", self.run_dir], pass_fds=fds)
+            for i in range(spec.vcpus):
+                self._spawn(f"vcpu{i}", ["-m", "vcpu", "--run-dir", self.run_dir, "--index", str(i)], i,
+                            pass_fds=fds[i:i + 1])
+        finally:
+            for fd in fds:  # the children hold their own now
+                os.close(fd)
         if self.pin_host and spec.device_cpu is not None:
             # hostd itself stays on the housekeeping CPU, off the vCPUs' cores.
             psutil.Process().cpu_affinity([spec.device_cpu])
@@ -119,8 +130,8 @@ class Vm:
         if spec.vcpu_cpus is not None:
             self._check_pinning()
 
-    def _spawn(self, name: str, argv: list[str], index: int | None = None) -> None:
-        proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL)
+    def _spawn(self, name: str, argv: list[str], index: int | None = None, pass_fds=()) -> None:
+        proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, pass_fds=pass_fds)
         self.children.append(Child(name, proc, index))
 
     def _push(self, endpoint: str) -> zmq.Socket:
@@ -200,7 +211,12 @@ class Vm:
         w = self.words
         out = {name: w[b + off] for name, off in abi.C.items()}
         out["irq_injected"] = w[b + abi.IRQ_SEQ]
-        out["irq_pending"] = w[b + abi.IRQ_SEQ] - w[b + abi.IRQ_ACK]
+        if self.spec.backend == "kvm":
+            out.update(dict.fromkeys(KVM_UNKNOWN))
+            # The guest's ISR count stands for the ack the kernel keeps to itself.
+            out["irq_pending"] = w[b + abi.IRQ_SEQ] - out["irq_delivered"]
+        else:
+            out["irq_pending"] = w[b + abi.IRQ_SEQ] - w[b + abi.IRQ_ACK]
         for name, off in abi.HIST.items():
             out[name] = list(w[b + off : b + off + abi.HIST_BUCKETS])
         return out
@@ -276,6 +292,8 @@ class Vm:
                 p.kill()
                 p.wait()
         self._ctx.destroy(linger=0)
+        if self.spec.backend == "kvm":
+            kvm_trace.remove_stale()  # a killed vCPU's trace instance (its own close never ran)
         if self.words is not None:
             self.words.release()
         if self._shm is not None:

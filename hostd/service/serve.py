@@ -337,6 +337,9 @@ class Daemon:
             if host == "none":
                 raise ProtocolError(f"set: {rec.id} runs policy {spec.policy.policy}, whose host side never "
                                     f"polls; {name} would have no effect")
+            if name != "halt_poll_ns" and spec.backend == "kvm":
+                raise ProtocolError(f"set: {name} is a global kvm module parameter on the kvm backend; only "
+                                    f"halt_poll_ns (the VM's KVM_CAP_HALT_POLL) is per VM")
             if name != "halt_poll_ns" and host != "adaptive":
                 raise ProtocolError(f"set: {name} is read only by the adaptive host policy; "
                                     f"{rec.id} runs {host}")

@@ -6,7 +6,8 @@ switches, migrations) and percentiles read off KVM's log2 histograms. Rates are 
 from two snapshots the daemon returns (`stats` requests), so the daemon keeps no per-client state.
 
 Modes: a refreshing full-screen view (default, `q` or Ctrl-C quits), `-1` one snapshot, `-l` one
-log line per interval, `--json` one machine-readable snapshot; `-f REGEX` filters the fields.
+log line per interval, `--json` (alone or with `-1`) one machine-readable snapshot; `-f REGEX`
+filters the fields.
 """
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("-1", "--once", action="store_true", help="print one snapshot (rates over one interval) and exit")
     mode.add_argument("-l", "--log", action="store_true", help="print one line of per-VM rates per interval")
-    mode.add_argument("--json", action="store_true", help="print one JSON snapshot (rates over one interval) and exit")
+    # Outside the group: --json already means one snapshot, so `-1 --json` (what a kvm_stat user
+    # types) is the same request; only -l --json is a contradiction (checked in main).
+    p.add_argument("--json", action="store_true", help="print one JSON snapshot (rates over one interval) and exit")
     p.add_argument("-f", "--fields", metavar="REGEX", help="show only fields whose name matches REGEX")
     p.add_argument("-i", "--interval", default="1", metavar="SECONDS", help="refresh / rate interval (default 1)")
     p.add_argument("-n", "--count", metavar="N", help="-l or live view: stop after N intervals")
@@ -61,18 +64,22 @@ def _vcpu_fields(v: dict) -> dict[str, int]:
     return out
 
 
-def _vm_fields(vm: dict) -> dict[str, int]:
-    tot: dict[str, int] = {}
+def _vm_fields(vm: dict) -> dict[str, int | None]:
+    tot: dict[str, int | None] = {}
     for v in vm["vcpus"]:
         for k, x in _vcpu_fields(v).items():
-            tot[k] = max(tot.get(k, 0), x) if k in LEVEL_MAX else tot.get(k, 0) + x
+            if x is None or tot.get(k, 0) is None:  # a counter the backend cannot know (kvm): stays null
+                tot[k] = None
+            else:
+                tot[k] = max(tot.get(k, 0), x) if k in LEVEL_MAX else tot.get(k, 0) + x
     return tot
 
 
 def _rates(cur: dict[str, int], prev: dict[str, int] | None, dt_s: float) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for k, x in cur.items():
-        if prev is None or k not in prev or k in LEVEL_MAX or k in LEVEL_SUM or dt_s <= 0:
+        if prev is None or k not in prev or k in LEVEL_MAX or k in LEVEL_SUM or dt_s <= 0 or x is None \
+                or prev[k] is None:
             out[k] = None
         else:
             out[k] = max(0, x - prev[k]) / dt_s
@@ -266,6 +273,8 @@ def _positive(text: str, option: str, lo: float, hi: float) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.json and args.log:
+        raise UsageError("--json: not allowed with -l/--log (--json prints one snapshot, -l a line per interval)")
     interval = _positive(args.interval, "--interval", 0.05, 3600)
     timeout = _positive(args.timeout, "--timeout", 0.1, 3600)
     count = None if args.count is None else int(_positive(args.count, "--count", 1, 1e9))
