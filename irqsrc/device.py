@@ -45,7 +45,9 @@ class Device:
         self.timers = TimerSource()
         self.ticks = TickSource(words, n) if spec["workload"] == "idle" else None
         # rr's answers are io's modelled completions: spec.io_service_ns carries --rr-service-us.
-        self.io = WriteDevice(spec["io_file"], spec["io_service_ns"]) if spec["workload"] in ("io", "rr") else None
+        # The default disk file lives in the run's directory, which hostd removes even after a SIGKILL.
+        disk = spec["io_file"] or os.path.join(run_dir, "disk.img")
+        self.io = WriteDevice(disk, spec["io_service_ns"]) if spec["workload"] in ("io", "rr") else None
         self.io_queue: collections.deque[int] = collections.deque()
         # compare's bare-metal reference: the same writes back to back, no vCPU in the loop.
         self.bare_io = bool(spec["extra"].get("bare_io"))

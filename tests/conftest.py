@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,12 @@ import psutil
 import pytest
 
 from vcpu import abi
+
+# A suite started in the background (`./run.sh test &`) inherits SIGINT ignored, and so would every
+# hostd it starts, which Python then leaves without its Ctrl-C handler: the Ctrl-C tests would test
+# nothing. A handler of our own is reset to the default in each child by exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -61,12 +61,16 @@ def test_sigkill_of_hostd_takes_its_children_and_next_start_removes_the_segment(
     assert not alive, "children outlived a SIGKILLed hostd"
     import os
     from vcpu import abi
+    import tempfile
     left = [n for n in os.listdir("/dev/shm") if abi.segment_owner(n) == p.pid]
+    dirs = [n for n in os.listdir(tempfile.gettempdir()) if abi.run_dir_owner(n) == p.pid]
+    assert dirs, "the killed run's directory should still be there"
     r = hostd.run("run", "--workload", "idle", "--duration", "0.5")
     assert r.returncode == 0, r.stderr
     for name in left:
         assert name in r.stderr
         assert not os.path.exists(f"/dev/shm/{name}")
+    assert not [n for n in os.listdir(tempfile.gettempdir()) if abi.run_dir_owner(n) == p.pid]
 
 
 def test_a_vcpu_frozen_past_the_safety_net_is_late_not_lost(hostd):

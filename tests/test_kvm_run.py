@@ -92,6 +92,73 @@ def test_module_params_are_refused_where_read_only(hostd, kvm):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "read-only" in r.stderr
 
 
+def _stand_in_params(tmp_path):
+    """Writable files standing in for /sys/module/kvm/parameters (read-only on these machines), so
+    that the save and restore around a real kvm run are proven here; the kernel itself runs with
+    its own parameters, so these tests check the bookkeeping, not never-shrink's effect."""
+    params, state = tmp_path / "params", tmp_path / "state"
+    params.mkdir()
+    for name, value in (("halt_poll_ns_grow_start", "10000"), ("halt_poll_ns_shrink", "2")):
+        (params / name).write_text(f"{value}\n")
+    env = dict(os.environ, HPEMU_KVM_PARAMS=str(params), HPEMU_STATE_DIR=str(state))
+    values = lambda: {f.name: f.read_text().strip() for f in params.iterdir()}  # noqa: E731
+    return env, values, state / "kvm-params.json"
+
+
+FIXED_NEVER_SHRINK = ("run", "--backend", "kvm", "--workload", "timer", "--policy", "fixed",
+                      "--halt-poll-ns", "500000", "--kvm-module-params")
+ORIGINAL = {"halt_poll_ns_grow_start": "10000", "halt_poll_ns_shrink": "2"}
+NEVER_SHRINK = {"halt_poll_ns_grow_start": "500000", "halt_poll_ns_shrink": "1"}
+
+
+def _wait_until(cond, timeout=15):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("ending", ["normal", "SIGINT", "SIGTERM"])
+def test_module_params_are_set_for_the_run_and_restored(hostd, kvm, tmp_path, ending):
+    env, values, state = _stand_in_params(tmp_path)
+    p = hostd.popen(*FIXED_NEVER_SHRINK, "--duration", "2" if ending == "normal" else "30", "--json", env=env)
+    _wait_until(lambda: values() == NEVER_SHRINK)
+    assert state.exists()  # saved before the first write
+    if ending != "normal":
+        p.send_signal(getattr(signal, ending))
+    out, err = p.communicate(timeout=30)
+    assert values() == ORIGINAL and not state.exists()
+    if ending == "normal":
+        assert p.returncode == 0, err
+        assert "never-shrink" in json.loads(out)["spec"]["kvm"]["kernel_policy"]
+    else:
+        assert p.returncode == 130 and "Traceback" not in err
+
+
+def test_module_params_left_by_a_killed_hostd_are_restored_by_the_next(hostd, kvm, tmp_path):
+    env, values, state = _stand_in_params(tmp_path)
+    p = hostd.popen(*FIXED_NEVER_SHRINK, "--duration", "30", env=env)
+    _wait_until(lambda: values() == NEVER_SHRINK)
+    hostd.watch_children(p)
+    p.kill()
+    p.communicate()
+    assert values() == NEVER_SHRINK and state.exists()  # nothing could run on SIGKILL
+    r = hostd.popen("run", "--duration", "0.5", env=env)
+    _, err = r.communicate(timeout=30)
+    assert r.returncode == 0, err
+    assert "restored the kvm module parameters" in err
+    assert values() == ORIGINAL and not state.exists()
+
+
+def test_module_params_refused_without_root_or_for_another_policy(hostd, kvm, tmp_path):
+    env, values, _ = _stand_in_params(tmp_path)
+    r = hostd.popen("run", "--backend", "kvm", "--policy", "adaptive", "--kvm-module-params", "--duration", "1",
+                    env=env)
+    _, err = r.communicate(timeout=30)
+    assert r.returncode == 2 and err.count("\n") == 1 and "only for --policy fixed" in err
+    assert values() == ORIGINAL
+
+
 @pytest.mark.parametrize("victim", ["vm0/vcpu1", "vm0/irqsrc"])
 def test_sigkill_of_a_kvm_process_is_named_and_cleaned_up(hostd, kvm, victim):
     p = hostd.popen("run", "--backend", "kvm", "--vcpus", "2", "--workload", "idle", "--tick-hz", "50",

@@ -114,6 +114,18 @@ def segment_owner(name: str) -> int | None:
     return None
 
 
+def run_dir_prefix(vm: str, owner_pid: int) -> str:
+    """The run's private directory (mkdtemp adds a suffix without '-'): its owner is known too."""
+    return f"{SHM_PREFIX}-{vm}-{owner_pid}-"
+
+
+def run_dir_owner(name: str) -> int | None:
+    parts = name.split("-")
+    if len(parts) >= 4 and parts[0] == SHM_PREFIX and parts[-2].isdigit():
+        return int(parts[-2])
+    return None
+
+
 def attach(name: str) -> memoryview:
     """Map an existing segment as u64 words, for the life of the process.
 

@@ -11,6 +11,7 @@ import time
 
 from hostd.experiments import report
 from hostd.experiments.record import run_trace
+from hostd.plumbing import kvm_params
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.orphans import remove_stale_segments
 from hostd.plumbing.output import atomic_write, write_json
@@ -110,8 +111,12 @@ def main(args: argparse.Namespace) -> int:
     remove_stale_segments()
     old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        result, vm = measure(spec, tsc_khz, progress=sys.stderr.isatty() and spec.duration_s >= 2,
-                             trace_out=args.trace_out)
+        with contextlib.ExitStack() as stack:
+            if args.kvm_module_params:
+                stack.enter_context(kvm_params.never_shrink(spec.policy.halt_poll_ns))
+                spec.extra["kvm_module_params"] = True
+            result, vm = measure(spec, tsc_khz, progress=sys.stderr.isatty() and spec.duration_s >= 2,
+                                 trace_out=args.trace_out)
     except (KeyboardInterrupt, Terminated):
         sys.stderr.write("hostd: interrupted; every process stopped and the segment removed\n")
         return EXIT_SIGNAL

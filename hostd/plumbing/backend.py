@@ -6,8 +6,8 @@ KVM's names; on kvm they are the kernel's own, and what only the emulator can co
 from __future__ import annotations
 
 import argparse
-import os
 
+from hostd.plumbing import kvm_params
 from hostd.plumbing.errors import UsageError
 from vcpu import kvm_api, kvm_guest
 from vcpu.kvm_vcpu import halt_poll_cap
@@ -22,8 +22,6 @@ KVM_UNKNOWN = (
     "guest_halt_poll_success", "guest_halt_poll_fail", "guest_halt_poll_ns", "guest_poll_ns", "idle_periods",
     "timer_local",
 )
-MODULE_PARAMS = "/sys/module/kvm/parameters"
-NEVER_SHRINK_PARAMS = ("halt_poll_ns_grow_start", "halt_poll_ns_shrink")
 
 
 def add_backend_option(g: argparse._ArgumentGroup) -> None:
@@ -59,25 +57,16 @@ def check(backend: str, policy: PolicySpec, module_params: bool = False) -> None
 def _check_module_params(policy: PolicySpec) -> None:
     if policy.policy != "fixed":
         raise UsageError("--kvm-module-params: only for --policy fixed (the 2015 never-shrink poll)")
-    for name in NEVER_SHRINK_PARAMS:
-        path = os.path.join(MODULE_PARAMS, name)
-        try:
-            mode = os.stat(path).st_mode
-        except FileNotFoundError:
-            raise UsageError(f"--kvm-module-params: {path} does not exist; drop the flag to run fixed as "
-                             "the kernel's adaptive polling capped at the budget") from None
-        if not mode & 0o222:
-            raise UsageError(f"--kvm-module-params: the kvm module parameters are read-only here ({path} is "
-                             f"{mode & 0o777:o}); drop the flag to run fixed as the kernel's adaptive polling "
-                             "capped at the budget")
-    raise UsageError("--kvm-module-params: writing the kvm module parameters is not supported yet; drop the "
-                     "flag to run fixed as the kernel's adaptive polling capped at the budget")
+    kvm_params.check_writable()
 
 
-def describe(backend: str, policy: PolicySpec, workload: str) -> dict | None:
+def describe(backend: str, policy: PolicySpec, workload: str, module_params: bool = False) -> dict | None:
     """spec.kvm in the result: what the kernel was asked to do, and what a latency sample spans."""
     if backend != "kvm":
         return None
     cap, kernel_policy = halt_poll_cap(policy)
+    if module_params:
+        kernel_policy = ("the 2015 never-shrink fixed: the kernel's adaptive polling with module parameters "
+                         "halt_poll_ns_grow_start = the budget and halt_poll_ns_shrink = 1, capped at the budget")
     return {"halt_poll_cap_ns": cap, "kernel_policy": kernel_policy,
             "latency_span": kvm_guest.LATENCY_SPAN[workload]}

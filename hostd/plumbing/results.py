@@ -111,7 +111,7 @@ def build(vm: Vm, tsc_khz: int) -> dict:
             "vcpus": spec.vcpus,
             "backend": spec.backend,
             "calibration": None,
-            "kvm": backend.describe(spec.backend, spec.policy, spec.workload),
+            "kvm": backend.describe(spec.backend, spec.policy, spec.workload, bool(spec.extra.get("kvm_module_params"))),
             "workload": spec.workload,
             "policy": spec.policy.policy,
             "host_policy": spec.policy.host_policy,

@@ -5,6 +5,7 @@ child): it kills what still runs, reaps it, unlinks the segment and removes the 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ import msgpack
 import psutil
 import zmq
 
-from hostd.plumbing import hoststats
+from hostd.plumbing import hoststats, signals
 from hostd.plumbing.backend import KVM_UNKNOWN
 from hostd.plumbing.spec import VmSpec
 from vcpu import abi, kvm_trace
@@ -89,9 +90,10 @@ class Vm:
     # --- start ----------------------------------------------------------------------------
     def start(self) -> None:
         spec = self.spec
-        self.run_dir = tempfile.mkdtemp(prefix=f"hpemu-{spec.vm}-")  # mode 0700
         spec.shm = abi.segment_name(os.getpid())
-        self._shm = shared_memory.SharedMemory(spec.shm, create=True, size=abi.segment_size(spec.vcpus))
+        with signals.deferred():  # each exists only once close() can see it
+            self.run_dir = tempfile.mkdtemp(prefix=abi.run_dir_prefix(spec.vm, os.getpid()))  # mode 0700
+            self._shm = shared_memory.SharedMemory(spec.shm, create=True, size=abi.segment_size(spec.vcpus))
         w = self.words = self._shm.buf.cast("Q")
         w[abi.H_MAGIC] = abi.MAGIC
         w[abi.H_NVCPUS] = spec.vcpus
@@ -131,8 +133,9 @@ class Vm:
             self._check_pinning()
 
     def _spawn(self, name: str, argv: list[str], index: int | None = None, pass_fds=()) -> None:
-        proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, pass_fds=pass_fds)
-        self.children.append(Child(name, proc, index))
+        with signals.deferred():  # a child runs only once close() can see it
+            proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, pass_fds=pass_fds)
+            self.children.append(Child(name, proc, index))
 
     def _push(self, endpoint: str) -> zmq.Socket:
         s = self._ctx.socket(zmq.PUSH)
@@ -298,7 +301,8 @@ class Vm:
             self.words.release()
         if self._shm is not None:
             self._shm.close()
-            self._shm.unlink()
+            with contextlib.suppress(FileNotFoundError):  # someone removed it under us: gone either way
+                self._shm.unlink()
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         if self.pin_host:
