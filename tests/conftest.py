@@ -37,6 +37,17 @@ def alive(pids) -> list[int]:
     return out
 
 
+def stop_gently(p: subprocess.Popen, timeout: float) -> None:
+    """Ctrl-C a recorder (its clean way out: tracing restored), then kill it if it will not go."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+
+
 class Launcher:
     """Starts hostd processes for one test and remembers every pid they and their children had."""
 

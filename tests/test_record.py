@@ -14,6 +14,7 @@ import pytest
 
 from hostd.experiments import record
 from hostd.experiments.trace import RECORD_HEADER
+from tests.conftest import stop_gently
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = record.EVENTS
@@ -36,14 +37,7 @@ def _no_recorder_outlives_its_test():
     clean way out), then kill."""
     yield
     while _started:
-        p = _started.pop()
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-            try:
-                p.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.communicate()
+        stop_gently(_started.pop(), 20)
 
 
 def needs_root() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hostd.experiments import record
-from tests.conftest import Launcher
+from tests.conftest import Launcher, stop_gently
 
 ROOT = Path(__file__).resolve().parent.parent
 CAP_NS = 2_000_000
@@ -46,9 +46,7 @@ def _wait_for(cond, what: str, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def traces(tmp_path_factory):
-    """{"runs": {workload: hostd run --json}, "hostd record"|"perf"|"trace-cmd": path or skip reason}."""
+def _needs_root_and_kvm() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: tracefs and the kvm tracepoints are root's")
     from vcpu.kvm_api import KvmUnavailable, probe
@@ -57,6 +55,12 @@ def traces(tmp_path_factory):
         probe()
     except KvmUnavailable as exc:
         pytest.skip(f"no kvm backend here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    """{"runs": {workload: hostd run --json}, "hostd record"|"perf"|"trace-cmd": path or skip reason}."""
+    _needs_root_and_kvm()
     d = tmp_path_factory.mktemp("live")
     mounts_before = _trace_mounts()  # perf and trace-cmd mount tracefs (or debugfs) as they please
     root = record.tracefs_mount()
@@ -132,13 +136,7 @@ def traces(tmp_path_factory):
         yield out
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.communicate(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.communicate()
+            stop_gently(p, 30)
         if os.path.isdir(tc):  # trace-cmd extract removes it; any other path leaves it to us
             for e in record.EVENTS:
                 with open(f"{tc}/events/{e}/enable", "w") as f:
@@ -193,27 +191,26 @@ def test_the_three_tools_saw_the_same_halts(traces):
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_an_idle_guest_has_no_decisions(traces, tool):
+    """400 ms halts never grow a budget, so the kernel logs nothing to compare: "none logged", not a
+    percentage. One halt shorter than the cap (now and then one at start-up) makes it grow once;
+    that decision is then judged like any other (no-decision replay: tests/test_trace.py's sample)."""
     pid = traces["runs"]["idle"]["vcpus"][0]["pid"]
     path = _trace(traces, tool)
     doc = _replay(path, pid)
     k = doc["total"]["kernel"]
     assert doc["total"]["halts"] > 0
-    assert (k["decisions"], k["agreement"]) == (0, None)
     r = _hostd("replay", "--trace", str(path), "--pid", str(pid))
-    assert "kernel decisions: none logged" in r.stdout
+    if k["decisions"] == 0:
+        assert k["agreement"] is None
+        assert "kernel decisions: none logged" in r.stdout
+    else:
+        assert k["agreement"] >= 0.99, k["first_disagreement"]
 
 
 def test_a_kvm_run_records_its_own_trace(tmp_path, hostd):
     """`hostd run --backend kvm --trace-out FILE`: the run's own halts, with the VM's cap in the
     header, so the replay needs no --halt-poll-ns to agree with the kernel."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: tracefs and the kvm tracepoints are root's")
-    from vcpu.kvm_api import KvmUnavailable, probe
-
-    try:
-        probe()
-    except KvmUnavailable as exc:
-        pytest.skip(f"no kvm backend here: {exc}")
+    _needs_root_and_kvm()
     mounts_before = _trace_mounts()
     out = tmp_path / "run.trace"
     run = hostd.run_json("run", "--backend", "kvm", "--workload", "timer", "--policy", "adaptive",
