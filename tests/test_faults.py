@@ -1,8 +1,13 @@
 """Teardown on every path: a dead child, Ctrl-C, SIGTERM. Nothing may survive."""
+import os
 import signal
+import tempfile
 import time
 
 import psutil
+import pytest
+
+from vcpu import abi
 
 
 def _wait_for_vcpus(hostd, p, n):
@@ -52,20 +57,21 @@ def test_sigterm_to_hostd_stops_everything(hostd):
     assert p.returncode == 130
 
 
-def test_sigkill_of_hostd_takes_its_children_and_next_start_removes_the_segment(hostd):
-    p = hostd.popen("run", "--vcpus", "2", "--workload", "timer", "--policy", "fixed", "--duration", "30")
+@pytest.mark.parametrize("backend", ["emu", "kvm"])
+def test_sigkill_of_hostd_takes_its_children_and_next_start_removes_the_segment(hostd, request, backend):
+    if backend == "kvm":
+        request.getfixturevalue("kvm")  # skips, saying why, where the kvm backend cannot run
+    p = hostd.popen("run", "--backend", backend, "--vcpus", "2", "--workload", "timer", "--policy", "fixed",
+                    "--duration", "30")
     kids = list(_wait_for_vcpus(hostd, p, 2).values())
     p.kill()
     p.communicate()
-    gone, alive = psutil.wait_procs(kids, timeout=2)
+    gone, alive = psutil.wait_procs(kids, timeout=3)
     assert not alive, "children outlived a SIGKILLed hostd"
-    import os
-    from vcpu import abi
-    import tempfile
     left = [n for n in os.listdir("/dev/shm") if abi.segment_owner(n) == p.pid]
     dirs = [n for n in os.listdir(tempfile.gettempdir()) if abi.run_dir_owner(n) == p.pid]
     assert dirs, "the killed run's directory should still be there"
-    r = hostd.run("run", "--workload", "idle", "--duration", "0.5")
+    r = hostd.run("run", "--backend", backend, "--workload", "idle", "--duration", "0.5")
     assert r.returncode == 0, r.stderr
     for name in left:
         assert name in r.stderr
