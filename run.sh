@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# ./run.sh [ARGS]   set up .venv on first use, then run `hostd ARGS` (no ARGS: `hostd compare --backend both`)
+# ./run.sh [ARGS]   set up .venv on first use, then run `hostd ARGS` (no ARGS: `hostd calibrate --if-missing`,
+#                  then `hostd compare --backend both`)
 # ./run.sh test     set up .venv on first use, then run the whole test suite
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,6 +28,9 @@ if [ "${1:-}" = "test" ]; then
   exec "$venv/bin/python" -m pytest "$@"
 fi
 if [ $# -eq 0 ]; then
+  # First time on a machine with /dev/kvm: measure what virtualization costs here (~25 s), so the
+  # emulator's figures are this machine's (hostd calibrate); later runs reuse the profile.
+  "$venv/bin/hostd" calibrate --if-missing
   set -- compare --backend both  # the kernel's own figures beside the emulator's where /dev/kvm works
 fi
 exec "$venv/bin/hostd" "$@"

@@ -13,6 +13,7 @@ import time
 import zmq
 
 from vcpu import abi
+from vcpu.costs import Costs
 from vcpu.halt import NONE, PATH_POLL, Recorder, VCpu
 from vcpu.policy import PolicySpec, make_host_policy
 
@@ -20,7 +21,7 @@ from vcpu.policy import PolicySpec, make_host_policy
 def _vcpu(rec: Recorder, ctx: zmq.Context) -> VCpu:
     words = memoryview(bytearray(abi.segment_size(1))).cast("Q")
     host = make_host_policy(PolicySpec("none", "none", 0))
-    return VCpu(words, 0, ctx.socket(zmq.PULL), host, None, False, 0, rec, 1000)
+    return VCpu(words, 0, ctx.socket(zmq.PULL), host, None, False, Costs(), rec, 1000)
 
 
 def _empty(v: VCpu, n: int, t: int, t0: int) -> None:

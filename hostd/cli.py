@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hostd.experiments import compare, record, replay, run, tune
+    from hostd.experiments import calibrate, compare, record, replay, run, tune
     from hostd.service import serve, stat
 
     parser = _Parser(
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupts; hostd measures wakeup latency and host CPU per vCPU.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (run, replay, record, compare, serve, stat, tune):
+    for module in (run, replay, record, compare, calibrate, serve, stat, tune):
         module.register(sub)
     return parser
 

@@ -119,7 +119,7 @@ class Device:
                 pass
             t = now()
             for index in self.timers.pop_due(t):
-                inject(index)
+                inject(index, False)  # the vCPU's own hrtimer wakes it (vcpu/halt.py _sleep)
             if self.ticks is not None:
                 for index in self.ticks.pop_due(t):
                     inject(index)

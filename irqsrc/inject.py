@@ -29,7 +29,8 @@ class Injector:
         self.injected = [0] * len(kicks)
         self.kicks_dropped = 0
 
-    def inject(self, index: int) -> None:
+    def inject(self, index: int, kick: bool = True) -> None:
+        """kick=False for a timer expiry: a blocked vCPU sleeps no later than its own deadline."""
         w = self.w
         i_seq = self.i_seq[index]
         i_inject = self.i_inject[index]
@@ -39,7 +40,7 @@ class Injector:
         w[i_seq] = seq
         abi.full_fence()
         self.injected[index] += 1
-        if w[self.i_state[index]] != abi.BLOCKED:
+        if not kick or w[self.i_state[index]] != abi.BLOCKED:
             return
         try:
             self.kicks[index].send(KICK, zmq.NOBLOCK)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -20,6 +21,11 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A profile `hostd calibrate` wrote for this user would change what every emulator test measures:
+# the suite gets a config directory of its own (a test that wants a profile passes --calibration).
+_CONFIG = tempfile.TemporaryDirectory(prefix="hpemu-test-config-")
+os.environ["XDG_CONFIG_HOME"] = _CONFIG.name
 
 
 def segments_of(owner_pids: set[int]) -> list[str]:

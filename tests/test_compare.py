@@ -119,6 +119,7 @@ def test_verdict_is_computed_from_the_numbers() -> None:
     assert "at 1.90% of a core per idle vCPU against 0.10% of a core without polling" in v
     assert "adaptive 90% at 0.20% of a core; guest-haltpoll 96% at 0.50% of a core" in v
     assert "600 cycles with fixed vs 60,000 cycles without polling, 100x lower" in v
+    assert "with polling below the seed's range, without within the seed's range" in v
     assert "90% of those polls failed" in v
     assert "is reproduced here, at an idle cost within the seed's 1.5-2.5%" in v
     assert "overcommitted (4 vCPUs + device on 2 CPUs)" in v
@@ -139,6 +140,9 @@ def test_verdict_follows_other_numbers() -> None:
     m["io"]["fixed"]["pct_of_idle_poll"] = 300.0  # idle-poll starved by a neighbour
     v = compare.verdict(m, fixed_ns=1_000_000)
     assert "probably starved of its CPU" in v and "reproduced here" not in v
+    # ...unless the calibration charges idle=poll the kernel's injection into a running vCPU.
+    v = compare.verdict(m, fixed_ns=1_000_000, running_inject_ns=446_000)
+    assert "charges each interrupt into a running vCPU the 446 us" in v and "starved" not in v
     # Missing cells never crash the verdict.
     assert "n/a" in compare.verdict({"io": {"fixed": {}}}, fixed_ns=1)
 
@@ -232,7 +236,10 @@ def ordering_violations(doc: dict) -> list[str]:
     cpu = {p: c["cpu_pct_per_vcpu"]["median"] for p, c in s["idle"].items()}
     t50 = {p: c["p50_ns"]["median"] for p, c in s["timer"].items()}
     checks = [
-        (w["idle-poll"] >= 0.9 * w["fixed"], f"writes/s idle-poll >= 0.9 x fixed: {w}"),
+        # The raw emulator's idle-poll and fixed both spin through every write: they tie up to the
+        # disk's own run-to-run noise (one 1.5 s run each: 0.83-1.1 seen here), both above none.
+        (w["idle-poll"] >= 0.75 * w["fixed"], f"writes/s idle-poll >= 0.75 x fixed: {w}"),
+        (w["idle-poll"] > w["none"], f"writes/s idle-poll > none: {w}"),
         (w["fixed"] > w["none"], f"writes/s fixed > none: {w}"),
         # adaptive and guest-haltpoll never poll on a 400 ms idle halt (their budgets stay 0), so
         # they cost what none costs up to noise: none is the lowest within 10% or 0.05 % of a

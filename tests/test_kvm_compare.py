@@ -66,3 +66,21 @@ def test_compare_on_kvm_alone_refuses_in_one_line_without_kvm(hostd):
     p = hostd.popen("compare", "--quick", "--backend", "kvm", env=dict(os.environ, HPEMU_KVM_DEV="/nonexistent"))
     out, err = p.communicate(timeout=30)
     assert p.returncode == 2 and err.count("\n") == 1 and "/nonexistent" in err
+
+
+def test_fidelity_rows_mark_what_is_within_reach_and_explain_known_misses():
+    from hostd.experiments import fidelity
+
+    emu = {**EMU, "idle": {"fixed": {"cpu_pct_per_vcpu": _s(0.28)}}}
+    kvm = {**KVM, "idle": {"fixed": {"cpu_pct_per_vcpu": _s(0.05)}}}
+    rows = {r["key"]: r for r in fidelity.rows(emu, kvm)}
+    assert rows["io.fixed"]["ratio"] == 5400 / 4500 and rows["io.fixed"]["within"]  # 1.2x
+    assert rows["io.none"]["within"] and rows["io.none"]["why"] is None  # 4,000 / 3,500 = 1.14x: no reason shown
+    assert not rows["timer.fixed.p50"]["within"] and rows["timer.fixed.p50"]["why"] is None  # 0.05x, unexplained
+    assert rows["idle.fixed"]["why"] and not rows["idle.fixed"]["within"]
+    assert rows["io.idle-poll"]["ratio"] is None and fidelity.mark(rows["io.idle-poll"]) == "-"
+    line = fidelity.summary_line(list(rows.values()), "none (the raw emulator)")
+    assert "timer.fixed.p50" in line and "io.fixed" not in line.split("outside:")[1]
+    csv_text = fidelity.to_csv(list(rows.values()))
+    assert csv_text.splitlines()[0].startswith("figure,key,emulator,kernel,emu_over_kvm")
+    assert len(csv_text.splitlines()) == 1 + len(fidelity.ROWS)

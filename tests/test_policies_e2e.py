@@ -88,8 +88,10 @@ def test_live_halt_poll_ns_change_takes_effect_on_the_next_halt():
         polled = after["halt_attempted_poll"] - before["halt_attempted_poll"]
         polled_ok = after["halt_successful_poll"] - before["halt_successful_poll"]
         preempted = after["halt_poll_preempted"] - before["halt_poll_preempted"]
-        # Every halt after the change polls (the halt in flight at the change may not).
-        assert exits > 100 and polled >= exits - 1
+        # Every halt after the change polls. Two may look as if they did not: one that began between
+        # reading `before` and the change (budget 0), and the one in flight at `after`, whose exit is
+        # counted when it begins and its poll when it ends.
+        assert exits > 100 and polled >= exits - 2
         # 2 ms against a 500 us timer: a poll fails only when another task wanted the CPU.
         assert polled_ok + preempted >= polled - 1 and polled_ok > 0
         assert after["halt_poll_ns"] == 2_000_000

@@ -8,6 +8,7 @@ import msgpack
 import zmq
 
 from vcpu import abi
+from vcpu.costs import spin_ns
 from vcpu.halt import VCpu
 
 WORKLOADS = ("idle", "io", "timer", "rr")
@@ -25,11 +26,20 @@ def run_timer(v: VCpu, req: zmq.Socket, index: int, interval_ns: int) -> None:
             return
 
 
-def run_io(v: VCpu, req: zmq.Socket, index: int) -> None:
-    """Latency-bound synchronous writes: submit one, halt until its completion interrupt."""
+def submit_exit(req: zmq.Socket, submit: bytes, port_ns: int) -> None:
+    """A port write the VMM forwards: the exit's way out, the send, the way back in."""
+    half = port_ns // 2
+    spin_ns(half)
+    req.send(submit)
+    spin_ns(port_ns - half)
+
+
+def run_io(v: VCpu, req: zmq.Socket, index: int, port_ns: int) -> None:
+    """Latency-bound synchronous writes: submit one (a port write: exit to the VMM and back),
+    halt until its completion interrupt."""
     submit = msgpack.packb((abi.REQ_IO, index))
     while True:
-        req.send(submit)
+        submit_exit(req, submit, port_ns)
         if not v.idle():
             return
 
@@ -55,7 +65,7 @@ class RoundTrips:
         return {"rr_ns": self.ns[: self.n].tobytes(), "rr_dropped": self.dropped}
 
 
-def run_rr(v: VCpu, req: zmq.Socket, index: int, trips: RoundTrips) -> None:
+def run_rr(v: VCpu, req: zmq.Socket, index: int, trips: RoundTrips, port_ns: int) -> None:
     """TCP_RR-like: send a request (an I/O submit), halt until the answer's interrupt.
 
     One round trip spans the guest's clock read right before the send to its clock read right
@@ -65,7 +75,7 @@ def run_rr(v: VCpu, req: zmq.Socket, index: int, trips: RoundTrips) -> None:
     now = time.monotonic_ns
     while True:
         t0 = now()
-        req.send(submit)
+        submit_exit(req, submit, port_ns)
         if not v.idle():
             return  # stopped: the transaction in flight is not a sample
         trips.add(now() - t0)
@@ -78,12 +88,12 @@ def run_idle(v: VCpu) -> None:
 
 
 def run(workload: str, v: VCpu, req: zmq.Socket, index: int, interval_ns: int,
-        trips: RoundTrips | None = None) -> None:
+        trips: RoundTrips | None = None, port_ns: int = 0) -> None:
     if workload == "rr":
-        run_rr(v, req, index, trips)
+        run_rr(v, req, index, trips, port_ns)
     elif workload == "timer":
         run_timer(v, req, index, interval_ns)
     elif workload == "io":
-        run_io(v, req, index)
+        run_io(v, req, index, port_ns)
     else:
         run_idle(v)

@@ -15,6 +15,7 @@ dicts or logging per halt.
 """
 from __future__ import annotations
 
+import ctypes
 import resource
 import time
 from array import array
@@ -22,6 +23,7 @@ from array import array
 import zmq
 
 from vcpu import abi
+from vcpu.costs import Costs, spin_ns, spin_until
 from vcpu.guest_haltpoll import GuestHaltPoll
 from vcpu.policy import HostPolicy
 
@@ -39,6 +41,21 @@ PREEMPT_GAP_NS = 30_000
 LOOKS = 16  # looks at the pending word per pass; the clock and the rest once per pass
 STOP_CHECK_MASK = 63  # the stop word every 64 passes
 SIBLING_CHECK_MASK = 3  # vCPUs sharing our CPU every 4 passes (~10 us)
+
+
+class _PollFd(ctypes.Structure):
+    _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short), ("revents", ctypes.c_short)]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+# ppoll(2) through ctypes on preallocated structs: a timed block that allocates nothing per wake
+# (select.select and zmq.Poller build lists); ctypes drops the GIL around it.
+_ppoll = ctypes.CDLL(None, use_errno=True).ppoll
+_ppoll.argtypes = (ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_void_p)
+POLLIN = 1
 
 
 class Recorder:
@@ -69,7 +86,7 @@ class VCpu:
         host: HostPolicy,
         guest: GuestHaltPoll | None,
         idle_poll: bool,
-        exit_cost_ns: int,
+        costs: Costs,
         recorder: Recorder,
         safety_timeout_ms: int,
         siblings: tuple[int, ...] = (),
@@ -79,11 +96,14 @@ class VCpu:
         self.host = host
         self.guest = guest
         self.idle_poll = idle_poll
-        self.exit_half_ns = exit_cost_ns // 2
+        self.costs = costs
         self.rec = recorder
         self.safety_ns = safety_timeout_ms * 1_000_000
         kick.setsockopt(zmq.RCVTIMEO, safety_timeout_ms)
         self.kick_buf = bytearray(8)  # kicks land here: one frame, no allocation per wake
+        self.pollfd = _PollFd(kick.getsockopt(zmq.FD), POLLIN, 0)
+        self.timeout = _Timespec()
+        self.pollfd_p, self.timeout_p = ctypes.addressof(self.pollfd), ctypes.addressof(self.timeout)
         b = abi.slot_base(index)
         self.i_seq = b + abi.IRQ_SEQ
         self.i_inject = b + abi.INJECT_NS
@@ -119,6 +139,8 @@ class VCpu:
 
     # --- the guest's timer -------------------------------------------------------------
     def arm_timer(self, deadline_ns: int) -> None:
+        """The guest's wrmsr to IA32_TSC_DEADLINE: an exit round trip, spent before the deadline runs."""
+        spin_ns(self.costs.arm_ns)
         self.deadline = deadline_ns
         self.w[self.i_deadline] = deadline_ns
 
@@ -206,9 +228,7 @@ class VCpu:
         if why:
             return why, False  # kvm_vcpu_block's first check: never scheduled out
         while True:
-            try:
-                kick.recv_into(buf)
-            except zmq.Again:  # the safety net: a wake nobody kicked us for would be lost
+            if not self._sleep():  # the deadline, or the safety net: a wake nobody kicked us for
                 why = self._pending()
                 if why:
                     event = w[self.i_inject] if why == IRQ else self.deadline
@@ -223,6 +243,31 @@ class VCpu:
                 return why, True
             w[c["spurious_wakeup"]] += 1
 
+    def _sleep(self) -> bool:
+        """Block until a kick (True), or until the armed deadline or the safety net (False).
+
+        With a deadline armed the wait ends on this CPU's own hrtimer, as KVM's LAPIC timer (a
+        host hrtimer where the vCPU runs) wakes a blocked vCPU: ppoll on the socket's fd, timed
+        out at the deadline. The device does not kick for timer expiries; its kick from the other
+        CPU, through two ZeroMQ I/O threads, costs a timer wake ~25 us more (README)."""
+        kick = self.kick
+        if not self.deadline:
+            try:
+                kick.recv_into(self.kick_buf)
+                return True
+            except zmq.Again:
+                return False
+        ts = self.timeout
+        # ZeroMQ's fd is edge-like: wait on it only after EVENTS said nothing is queued.
+        while not kick.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            left = self.deadline - time.monotonic_ns()
+            if left <= 0:
+                return False
+            ts.tv_sec, ts.tv_nsec = divmod(left, 1_000_000_000)
+            _ppoll(self.pollfd_p, 1, self.timeout_p, None)
+        kick.recv_into(self.kick_buf)
+        return True
+
     def _lost_or_late(self) -> None:
         """An interrupt pending for longer than the safety net, and no kick seen for it.
 
@@ -236,20 +281,13 @@ class VCpu:
         except zmq.Again:
             self.w[c["lost_wakeup"]] += 1
 
-    def _spin_for(self, ns: int) -> None:
-        """Burn `ns` of CPU: the modelled VM exit or entry."""
-        end = time.monotonic_ns() + ns
-        while time.monotonic_ns() < end:
-            pass
-
     # --- one halt that reached the host (kvm_vcpu_halt) ----------------------------------
     def _halt(self) -> tuple[int, int, int]:
         """Returns (why, path, when the guest resumes)."""
         w, c, h = self.w, self.c, self.h
         now = time.monotonic_ns
         w[c["halt_exits"]] += 1
-        if self.exit_half_ns:
-            self._spin_for(self.exit_half_ns)
+        spin_ns(self.costs.exit_ns)
         if w[self.i_param_gen] != self.param_gen:
             self._load_params()
         budget = self.host.begin_halt()
@@ -290,11 +328,8 @@ class VCpu:
         # Every wakeup is valid on x86 (vcpu_valid_wakeup), so halt_poll_invalid stays 0 as in KVM.
         self.host.end_halt(cur - start, waited, True)
         w[c["halt_poll_ns"]] = self.host.halt_poll_ns
-        if self.exit_half_ns:
-            self._spin_for(self.exit_half_ns)
-        # The guest resumes after the entry half of the exit cost; our bookkeeping is not its latency.
         # As KVM counts it: a poll hit needs a poll; with no budget every wake is the block path.
-        return why, PATH_POLL if budget and not waited else PATH_BLOCK, cur + self.exit_half_ns
+        return why, PATH_POLL if budget and not waited else PATH_BLOCK, cur
 
     # --- one idle period of the guest ------------------------------------------------------
     def idle(self) -> bool:
@@ -334,9 +369,28 @@ class VCpu:
         w[self.i_state] = abi.RUNNING
         if why == STOPPED:
             return False
-        return self._wake(t, t0, why, path)
+        self._wake(self._enter(t, path), t0, why, path)
+        spin_ns(self.costs.eoi_ns)  # the ISR's EOI
+        return True
 
-    def _wake(self, t: int, t0: int, why: int, path: int) -> bool:
+    def _enter(self, t: int, path: int) -> int:
+        """Spend what the kernel pays from noticing the wake at `t` to the guest's ISR; returns
+        when the guest runs. Our own bookkeeping since `t` is inside that cost, not added to it."""
+        k = self.costs
+        timer = self.deadline and t >= self.deadline
+        if path == PATH_GUEST_POLL:  # the guest was in guest mode: the interrupt kicks it out and in
+            ns = k.running_ns
+        elif path == PATH_POLL:
+            # Our poll read the clock; the kernel's needs its hrtimer's interrupt first: inside timer_entry_ns.
+            ns = k.timer_entry_ns if timer else k.entry_ns
+        else:
+            ns = k.timer_block_entry_ns if timer else k.block_entry_ns
+        if not ns:
+            return t
+        spin_until(t + ns)
+        return t + ns
+
+    def _wake(self, t: int, t0: int, why: int, path: int) -> None:
         """Consume what woke us, exactly once, and record the sample."""
         w, c = self.w, self.c
         if why == IRQ:
@@ -374,4 +428,3 @@ class VCpu:
             rec.n = i + 1
         else:
             w[c["samples_dropped"]] += 1
-        return True

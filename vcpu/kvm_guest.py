@@ -34,6 +34,8 @@ PIC_VECTOR = 0x20
 TIMER_VECTOR = 0x40
 SUBMIT_PORT = 0x10
 WORKLOADS = {"idle": 0, "io": 1, "timer": 2}
+# `hostd calibrate`'s probes: loops entered directly (no interrupts set up), counting in G_COUNT.
+PROBES = {"exits": 0x116D, "ports": 0x1179}
 
 # Parameters (VMM -> guest).
 P_WORKLOAD = 0x500    # u32, WORKLOADS
@@ -184,6 +186,15 @@ record:
 1162  676689530c      mov [ebx+0Ch],edx
 1167  66ff060006      inc dword [600h]         ; G_COUNT: published after the entry
 116c  c3              ret
+exits:
+116d  6631c0          xor eax,eax              ; calibrate: back-to-back exits the kernel handles itself
+1170  0fa2            cpuid
+1172  66ff060006      inc dword [600h]         ; G_COUNT: exits made
+1177  ebf4            jmp short 116Dh          ; -> exits
+ports:
+1179  e610            out 10h,al               ; calibrate: back-to-back exits to the VMM
+117b  66ff060006      inc dword [600h]         ; G_COUNT: port writes made
+1180  ebf7            jmp short 1179h          ; -> ports
 """
 
 
@@ -213,9 +224,14 @@ IMAGE = _image()
 def load(ram: memoryview, workload: str, spin: bool, interval_cycles: int, inject_gpa: int) -> None:
     """Write the image and its parameters into guest RAM (a writable byte buffer)."""
     ram[LOAD_GPA:LOAD_GPA + len(IMAGE)] = IMAGE
-    struct.pack_into("<IB", ram, P_WORKLOAD, WORKLOADS[workload], int(spin))
+    struct.pack_into("<IB", ram, P_WORKLOAD, WORKLOADS.get(workload, 0), int(spin))
     struct.pack_into("<Q", ram, P_INTERVAL, interval_cycles)
     struct.pack_into("<III", ram, P_INJECT_GPA, inject_gpa, RING_GPA, RING_ENTRIES - 1)
+
+
+def entry(workload: str) -> int:
+    """Where the vCPU starts: the image's start, or a calibration probe's loop."""
+    return PROBES.get(workload, LOAD_GPA)
 
 
 def set_tsc_offset(ram: memoryview, offset: int) -> None:

@@ -54,6 +54,7 @@ class KvmVm:
                           k.buffer_address(shared))
             self.vcpu = self._own(k.ioctl(self.vm, k.KVM_CREATE_VCPU, 0))
             k.set_supported_cpuid(self.kvm, self.vcpu)
+            self.entry = g.entry(workload)
             self._reset_to_guest()
             self.run_map, self.run = k.map_run(self.kvm, self.vcpu)
             self.tsc_khz = k.ioctl(self.vcpu, k.KVM_GET_TSC_KHZ)  # the guest's TSC rate
@@ -89,7 +90,7 @@ class KvmVm:
             seg.base, seg.selector, seg.limit, seg.g = 0, 0, 0xFFFFFFFF, 1
         s.cr0 &= ~CR0_CD_NW
         k.ioctl(self.vcpu, k.KVM_SET_SREGS, s)
-        r = k.kvm_regs(rip=g.LOAD_GPA, rsp=g.STACK_TOP, rflags=0x2)
+        r = k.kvm_regs(rip=self.entry, rsp=g.STACK_TOP, rflags=0x2)
         k.ioctl(self.vcpu, k.KVM_SET_REGS, r)
 
     # --- running ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import zmq
 from vcpu import abi, guest
 from vcpu.bare import run_bare
 from vcpu.guest_haltpoll import make_guest_policy
+from vcpu.costs import Costs
 from vcpu.halt import Recorder, VCpu
 from vcpu.policy import PolicySpec, make_host_policy
 
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             ctl.send(msgpack.packb({"kind": "report", "who": "vcpu", "index": index, **recorder.payload(),
                                     **trips.payload()}))
             return 0
+        calibration = spec["calibration"]
+        costs = Costs.of(policy.exit_cost_ns, calibration["costs_ns"] if calibration else None)
+        # A blocked vCPU's timer wakes it on this CPU's hrtimer: without slack, as KVM's LAPIC timer.
+        abi.set_timer_slack_ns(1)
         v = VCpu(
             words,
             index,
@@ -89,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             make_host_policy(policy),
             make_guest_policy(policy),
             policy.policy == "idle-poll",
-            policy.exit_cost_ns,
+            costs,
             recorder,
             spec["safety_timeout_ms"],
             siblings(cpus, index),
         )
         # The bare-metal io reference: the device writes alone; this vCPU just stays halted.
         workload = "idle" if spec["extra"].get("bare_io") else spec["workload"]
-        guest.run(workload, v, req, index, spec["interval_ns"], trips)
+        guest.run(workload, v, req, index, spec["interval_ns"], trips, costs.port_ns)
         ctl.send(msgpack.packb({"kind": "report", "who": "vcpu", "index": index, **recorder.payload(),
                                 **(trips.payload() if trips else {})}))
     except Exception as exc:  # one line for the user; hostd reports which vCPU failed

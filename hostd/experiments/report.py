@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from hostd.plumbing import calibration
+
 
 def _us(ns: int | None) -> str:
     return "-" if ns is None else f"{ns / 1000:.1f}"
@@ -46,8 +48,11 @@ def print_run(r: dict, out: TextIO) -> None:
     out.write(
         f"{spec['vcpus']} vCPU(s), workload {spec['workload']}, policy {spec['policy']}"
         f" (host {spec['host_policy']}, halt_poll_ns {spec['halt_poll_ns']}), backend {spec['backend']}, "
-        f"{spec['duration_s']} s; {pin}{oc}\n\n"
+        f"{spec['duration_s']} s; {pin}{oc}\n"
     )
+    if spec["backend"] == "emu":
+        out.write(f"emulator calibration: {calibration.name_of(spec['calibration'])}\n")
+    out.write("\n")
     cols = ("vcpu", "exits", "polls", "poll_ok", "preempted", "wakeups", "poll p50", "block p50",
             "all p99", "cpu %", "invol cs")
     out.write("".join(f"{c:>10}" for c in cols) + "   (latency in us)\n")

@@ -93,6 +93,8 @@ def verdict(emu: dict, kvm: dict) -> str:
     if tf and tn:
         s = f"The kernel's timer p50 is {tf:,.0f} cycles with polling and {tn:,.0f} without ({tn / tf:.1f}x)"
         if ef and en:
-            s += f"; the emulator shows {en / ef:.0f}x, {en / ef / (tn / tf):.0f} times the kernel's gain"
+            gain, times = en / ef, en / ef / (tn / tf)
+            s += (f"; the emulator shows {gain:.{0 if gain >= 10 else 1}f}x, "
+                  f"{times:.{0 if times >= 10 else 1}f} times the kernel's gain")
         parts.append(s + ".")
     return " ".join(parts)

@@ -90,6 +90,7 @@ class TablePlan:
     backends: tuple[str, ...] = ("emu",)
     kvm_unavailable: str | None = None
     durations: dict[str, float] = field(default_factory=dict)
+    calibration: dict | None = None  # the emulator's profile (Profile.to_dict()), or None
 
     def __post_init__(self) -> None:
         self.durations = self.durations or dict(DURATIONS[self.quick])
@@ -129,7 +130,7 @@ class TablePlan:
         spec = VmSpec(vm="vm0", vcpus=1, workload=row.workload, policy=self.policy(config), vcpu_cpus=cpus,
                       device_cpu=device, overcommit=overcommit, tick_hz=row.tick_hz or 1.0, duration_s=dur,
                       io_service_ns=self.rr_service_ns if row.workload == "rr" else None, backend=backend,
-                      extra={"bare": True} if config == "host" else {})
+                      calibration=self.calibration if backend == "emu" else None, extra={"bare": True} if config == "host" else {})
         spec.sample_capacity = int(max(65_536, dur * 100_000))
         return spec
 
@@ -314,7 +315,7 @@ def build_document(plan: TablePlan, runs: list[dict]) -> dict:
         "command": "hostd compare --table " + ",".join(plan.tables),
         "config": {
             "tables": list(plan.tables), "quick": plan.quick, "repeat": plan.repeat, "durations_s": plan.durations,
-            "backends": list(plan.backends), "always_poll_ns": plan.always_poll_ns,
+            "backends": list(plan.backends), "calibration": plan.calibration, "always_poll_ns": plan.always_poll_ns,
             "adaptive_halt_poll_ns": KVM_HALT_POLL_NS_DEFAULT, "guest2019_poll_ns": GUEST2019_POLL_NS,
             "rr_service_ns": plan.rr_service_ns, "nohz_tick_hz": NOHZ_TICK_HZ,
             "c0_source": c0_sources, "verdict_band": BAND, "verdict_tolerance": TOLERANCE,
@@ -361,7 +362,7 @@ def plan_from_compare(args, plan, which: list[str]) -> TablePlan | None:
     always = DEFAULT_ALWAYS_POLL_US if args.always_poll_us is None else parse_int(
         "--always-poll-us", args.always_poll_us, 1, 4_000_000)
     return TablePlan(tuple(which), plan.quick, plan.repeat, plan.tsc_khz, always_poll_ns=always * 1000,
-                     backends=plan.backends, kvm_unavailable=plan.kvm_unavailable)
+                     backends=plan.backends, kvm_unavailable=plan.kvm_unavailable, calibration=plan.calibration)
 
 
 def main(args, plan: TablePlan, out: str, nested: bool) -> int:

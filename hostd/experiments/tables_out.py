@@ -7,6 +7,7 @@ import os
 
 from hostd.experiments.compare import cell
 from hostd.experiments.tables import QUOTED, ROWS
+from hostd.plumbing import calibration
 from hostd.plumbing.output import atomic_write, write_json
 
 CSV_STATS = ("median", "min", "max", "value", "ci_low", "ci_high", "n")
@@ -53,6 +54,7 @@ def print_doc(doc: dict, out) -> None:
                   f"always-poll {cfg['always_poll_ns'] / 1000:g} us, dynamic-poll max "
                   f"{cfg['adaptive_halt_poll_ns'] / 1000:g} us (upstream defaults); rr: device answers after {cfg['rr_service_ns'] / 1000:g} us; "
                   f"round trip = {cfg['rr_span']}")
+    console.print(f"emulator calibration: {calibration.name_of(cfg.get('calibration'))}")
     for table in cfg["tables"]:
         if table not in QUOTED:
             continue

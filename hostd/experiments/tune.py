@@ -40,6 +40,7 @@ from hostd.experiments import stats
 from hostd.experiments.progress import Progress
 from hostd.experiments.stats import (Interval, batch_mean_ci, compact, interval, min_n_for_quantile, quantile_ci,
                                      scaled_n, si, wilson)
+from hostd.plumbing import calibration
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.orphans import remove_stale_segments
 from hostd.plumbing.output import atomic_write, write_json
@@ -594,6 +595,8 @@ def print_report(doc: dict, out) -> None:
                  *(compact(p[k], si) for k in wakes))
         t.add_row(*(Text(c) for c in cells))  # Text: brackets are data here, not rich markup
     console.print(t)
+    if doc["backend"] == "emu":
+        console.print(f"emulator calibration: {calibration.name_of(doc['calibration'])}")
     idle = rec["idle_cost"]
     label = verdict_label(rec)
     console.print(Text("Recommendation: ", style="bold") + Text(
@@ -669,6 +672,7 @@ def build_document(plan: Plan, points: list[dict], extra: dict) -> dict:
     return {
         "command": "hostd tune",
         "backend": plan.vm_spec(0).backend,  # kvm: "fixed" is the kernel's adaptive polling capped at each budget
+        "calibration": plan.vm_spec(0).calibration,
         "workload": plan.workload,
         "vcpus": plan.vm_spec(0).vcpus,
         "duration_s": plan.duration_s,

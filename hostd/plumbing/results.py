@@ -110,7 +110,7 @@ def build(vm: Vm, tsc_khz: int) -> dict:
         "spec": {
             "vcpus": spec.vcpus,
             "backend": spec.backend,
-            "calibration": None,
+            "calibration": spec.calibration,
             "kvm": backend.describe(spec.backend, spec.policy, spec.workload, bool(spec.extra.get("kvm_module_params"))),
             "workload": spec.workload,
             "policy": spec.policy.policy,

@@ -5,7 +5,7 @@ import argparse
 import os
 from dataclasses import asdict, dataclass, field
 
-from hostd.plumbing import backend
+from hostd.plumbing import backend, calibration
 from hostd.plumbing.backend import add_backend_option
 from hostd.plumbing.errors import UsageError
 from vcpu.guest import WORKLOADS
@@ -40,6 +40,7 @@ class VmSpec:
     shm: str = ""
     backend: str = "emu"  # "emu": emulated halt polling; "kvm": a real KVM VM per vCPU (DESIGN §9)
     irqfds: list[int] | None = None  # kvm: one eventfd per vCPU, the device's irqfd into that VM
+    calibration: dict | None = None  # emu: the profile applied (calibration.Profile.to_dict()), or None
     extra: dict = field(default_factory=dict)
 
     def to_wire(self) -> dict:
@@ -60,6 +61,7 @@ def add_vm_options(p: argparse.ArgumentParser) -> None:
                    "(default: the first CPU not used by vCPUs, so it never steals a vCPU's core)")
     g.add_argument("--no-pin", action="store_true", help="do not pin: let the scheduler migrate the processes")
     add_backend_option(g)
+    calibration.add_calibration_option(g)
     w = p.add_argument_group("workload")
     w.add_argument("--workload", default="timer", metavar="{idle,io,timer,rr}",
                    help="timer: arm a TSC-deadline-like timer, halt, measure wake - deadline; "
@@ -151,6 +153,7 @@ def vm_spec_from_args(args: argparse.Namespace, policy: PolicySpec, vm: str = "v
     vcpus = parse_int("--vcpus", args.vcpus, 1, 256)
     if args.workload not in WORKLOADS:
         raise UsageError(f"--workload: unknown workload {args.workload!r} (choose from {', '.join(WORKLOADS)})")
+    profile = profile_from_args(args)  # first: a profile given to kvm is wrong wherever kvm runs
     backend.check(args.backend, policy, args.kvm_module_params)
     vcpu_cpus, device_cpu, overcommit = place(vcpus, args.cpus, args.device_cpu, args.no_pin)
     io_service_ns = None if args.io_service_ns is None else parse_int("--io-service-ns", args.io_service_ns, 0, 10**10)
@@ -180,8 +183,21 @@ def vm_spec_from_args(args: argparse.Namespace, policy: PolicySpec, vm: str = "v
         io_file=args.io_file,
         io_service_ns=io_service_ns,
         backend=args.backend,
+        calibration=profile.to_dict() if profile else None,
         extra={"bare": True} if args.rr_bare else {},
     )
+
+
+def profile_from_args(args: argparse.Namespace) -> calibration.Profile | None:
+    """--calibration, resolved once per command (tune builds a spec per point): the emulator's
+    profile, or None. The kvm backend is the kernel itself: a profile given for it is an error."""
+    if args.backend != "emu":
+        if args.calibration not in (None, "none"):
+            raise UsageError("--calibration: a profile is for the emulator; --backend kvm measures the kernel itself")
+        return None
+    if not hasattr(args, "resolved_calibration"):
+        args.resolved_calibration = calibration.resolve(args.calibration)
+    return args.resolved_calibration
 
 
 def parse_duration(text: str) -> float:

@@ -1,0 +1,49 @@
+"""What virtualization costs an emulated vCPU, spent as real CPU time on its own core.
+
+A calibration profile (hostd/plumbing/calibration.py) holds the kernel's costs measured on a
+machine; `--exit-cost-ns` is the older flat model (half on the halt's exit, half on the entry).
+The emulator spins them where the kernel pays them, so host CPU per vCPU stays honest: a spin
+is CPU the vCPU thread burns, as a real VM exit burns the host's.
+"""
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+
+class Costs(NamedTuple):
+    exit_ns: int = 0         # a halt's VM exit, before the host looks at the budget
+    entry_ns: int = 0        # entry + injection when the host's poll caught an interrupt
+    timer_entry_ns: int = 0  # the same for the vCPU's own TSC deadline (the host hrtimer's trip included)
+    block_entry_ns: int = 0  # entry + injection after a block: the kernel's blocked wake less the
+    timer_block_entry_ns: int = 0  # scheduler's own penalty, which our block path pays for real
+    running_ns: int = 0      # an interrupt for a vCPU in guest mode (idle=poll, a guest poll): a kick out and in
+    eoi_ns: int = 0          # the ISR's EOI: one more exit round trip per interrupt taken
+    arm_ns: int = 0          # writing IA32_TSC_DEADLINE: an exit round trip
+    port_ns: int = 0         # a port write to the VMM and back (io and rr submits)
+
+    @classmethod
+    def of(cls, exit_cost_ns: int, profile_costs: dict | None) -> Costs:
+        """profile_costs: a profile's costs_ns (None: the raw emulator, plus the flat model if any).
+        A round trip's exit half is spent at the halt; its entry half is inside the wake costs."""
+        c = dict.fromkeys(("vm_exit_ns", "poll_wake_ns", "timer_poll_wake_ns", "running_inject_ns", "port_exit_ns",
+                           "block_wake_ns", "block_penalty_ns", "timer_block_wake_ns", "timer_block_penalty_ns"), 0)
+        c.update(profile_costs or {})
+        half = exit_cost_ns // 2
+        trip = c["vm_exit_ns"]
+        return cls(half + trip // 2, half + c["poll_wake_ns"], half + c["timer_poll_wake_ns"],
+                   half + max(0, c["block_wake_ns"] - c["block_penalty_ns"]),
+                   half + max(0, c["timer_block_wake_ns"] - c["timer_block_penalty_ns"]),
+                   c["running_inject_ns"], trip, trip, c["port_exit_ns"])
+
+
+def spin_until(end_ns: int) -> None:
+    """Burn CPU until CLOCK_MONOTONIC reaches end_ns."""
+    now = time.monotonic_ns
+    while now() < end_ns:
+        pass
+
+
+def spin_ns(ns: int) -> None:
+    if ns:
+        spin_until(time.monotonic_ns() + ns)
