@@ -19,8 +19,9 @@ from vcpu.halt import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
 def run_vm(*argv: str, duration_s: float) -> dict:
     """`hostd run ARGV --duration D`, in this process; returns the DESIGN §8 result, plus
     chunk_p50_ns: vCPU 0's wake-latency p50 per path in each of stats.CHUNKS consecutive pieces of
-    the run, for the spread of a ratio row."""
-    args = build_parser().parse_args(["run", *argv, "--duration", f"{duration_s:g}"])
+    the run, for the spread of a ratio row. Always the raw emulator: its own overhead is the
+    figure, not the costs a calibration profile adds on purpose."""
+    args = build_parser().parse_args(["run", *argv, "--duration", f"{duration_s:g}", "--calibration", "none"])
     spec, tsc_khz = spec_from_args(args)
     result, vm = measure(spec, tsc_khz, progress=False)
     lat, path, _ = vcpu_samples(vm, 0)

@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     main_ns = time.monotonic_ns()
     backend = argv[1] if len(argv) > 1 else "emu"
     args = build_parser().parse_args(["run", "--vcpus", argv[0], "--workload", "idle", "--policy", "none",
-                                      "--duration", "1", "--backend", backend])
+                                      "--duration", "1", "--backend", backend, "--calibration", "none"])
     spec, _ = spec_from_args(args)
     remove_stale_segments()
     vm = Vm(spec)
