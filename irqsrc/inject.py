@@ -5,6 +5,7 @@ I/O thread on its core and preempt the poll after this one (KVM's kvm_vcpu_wake_
 is not waiting costs it nothing). The fence orders our bump before our read of `state`, and the
 vCPU fences between storing BLOCKED and re-checking `irq_seq`: at least one side sees the other,
 so either the vCPU does not sleep or it gets the kick. Its safety-net timeout keeps proving that.
+A timer expiry is not kicked: a blocked vCPU sleeps no later than its own deadline (vcpu/halt.py).
 """
 from __future__ import annotations
 
