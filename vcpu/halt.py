@@ -98,6 +98,7 @@ class VCpu:
         self.guest = guest
         self.idle_poll = idle_poll
         self.costs = costs
+        self.spends = any(costs)  # the raw emulator's wake path stays as it was
         self.rec = recorder
         self.safety_ns = safety_timeout_ms * 1_000_000
         kick.setsockopt(zmq.RCVTIMEO, safety_timeout_ms)
@@ -371,6 +372,9 @@ class VCpu:
         w[self.i_state] = abi.RUNNING
         if why == STOPPED:
             return False
+        if not self.spends:
+            self._wake(t, t0, why, path)
+            return True
         self._wake(self._enter(t, path), t0, why, path)
         spin_ns(self.costs.eoi_ns)  # the ISR's EOI
         return True

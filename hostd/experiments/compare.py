@@ -698,8 +698,7 @@ def print_tables(doc: dict, out) -> None:
         for r in doc["fidelity"]:
             digits = 2 if r["key"].startswith("idle") else 0
             t.add_row(r["figure"], _num(r["emu"], digits), _num(r["kvm"], digits),
-                      side_by_side.ratio_text(r["ratio"]) if r["ratio"] is None or r["ratio"] >= 10
-                      else f"{r['ratio']:.2f}x", fidelity.mark(r), r["why"] or "")
+                      fidelity.ratio_text(r), fidelity.mark(r), r["why"] or "")
         console.print(t)
 
     if disturbed:

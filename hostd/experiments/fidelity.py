@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io as _io
 
+from hostd.experiments.side_by_side import median_of
+
 LOW, HIGH = 0.8, 1.25
 
 # (key, experiment, policy, metric, label). The kernel's `fixed` is its adaptive polling capped at
@@ -49,15 +51,11 @@ EXPLAINED = {
 }
 
 
-def _median(summary: dict, exp: str, pol: str, metric: str) -> float | None:
-    return summary.get(exp, {}).get(pol, {}).get(metric, {}).get("median")
-
-
 def rows(emu: dict, kvm: dict) -> list[dict]:
     """One dict per figure: emulator, kernel, their ratio, whether it is within [LOW, HIGH]."""
     out = []
     for key, exp, pol, metric, label in ROWS:
-        e, k = _median(emu, exp, pol, metric), _median(kvm, exp, pol, metric)
+        e, k = median_of(emu, exp, pol, metric), median_of(kvm, exp, pol, metric)
         r = e / k if e is not None and k else None
         ok = r is not None and LOW <= r <= HIGH
         out.append({"key": key, "figure": label, "emu": e, "kvm": k, "ratio": r, "within": ok,
@@ -81,6 +79,10 @@ def to_csv(table: list[dict]) -> str:
         w.writerow([r["figure"], r["key"], r["emu"], r["kvm"], None if r["ratio"] is None else round(r["ratio"], 3),
                     r["within"], r["why"] or ""])
     return buf.getvalue()
+
+
+def ratio_text(r: dict) -> str:
+    return "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
 
 
 def mark(r: dict) -> str:

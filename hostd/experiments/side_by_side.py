@@ -32,7 +32,7 @@ def summary_of(doc: dict) -> dict | None:
     return kvm["summary"] if kvm and "summary" in kvm else None
 
 
-def _median(summary: dict, exp: str, pol: str, metric: str) -> float | None:
+def median_of(summary: dict, exp: str, pol: str, metric: str) -> float | None:
     return summary.get(exp, {}).get(pol, {}).get(metric, {}).get("median")
 
 
@@ -43,7 +43,7 @@ def ratios(emu: dict, kvm: dict) -> dict:
     for exp, figures in FIGURES.items():
         for pol in KVM_POLICIES:
             for metric, _, _ in figures:
-                e, k = _median(emu, exp, pol, metric), _median(kvm, exp, pol, metric)
+                e, k = median_of(emu, exp, pol, metric), median_of(kvm, exp, pol, metric)
                 out.setdefault(exp, {}).setdefault(pol, {})[metric] = e / k if e is not None and k else None
     return out
 
@@ -78,7 +78,7 @@ def ratio_text(r: float | None) -> str:
 
 def verdict(emu: dict, kvm: dict) -> str:
     """Sentences on the kernel's own figures and how far the emulator is from them."""
-    g = lambda s, e, p, k: _median(s, e, p, k)  # noqa: E731
+    g = median_of
     parts = []
     kf, kn = g(kvm, "io", "fixed", "writes_per_s"), g(kvm, "io", "none", "writes_per_s")
     kip = g(kvm, "io", "idle-poll", "writes_per_s")
