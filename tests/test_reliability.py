@@ -61,19 +61,24 @@ def _rss_tree(pids):
     return total
 
 
-def _counters(words, nvcpus):
-    return [[words[abi.slot_base(i) + off] for off in abi.C.values()] for i in range(nvcpus)]
+def _slots(words, nvcpus):
+    return [{name: words[abi.slot_base(i) + off] for name, off in abi.C.items()} for i in range(nvcpus)]
 
 
 SOAK_S = float(os.environ.get("HPEMU_SOAK_S", "120"))
+# The soak moves the live cap (as `hostd set` does) between these every second: with 1 ms halts the
+# adaptive budget grows from 0 toward 1.28 ms under the high cap and shrinks back to 0 under the low
+# one, so the gauges are seen moving both ways whatever the machine's noise.
+SOAK_CAPS_NS = (2_000_000, 200_000)
 
 
 @pytest.mark.timeout(SOAK_S + 90)
 def test_soak(hostd):
-    """2 vCPUs for 2 minutes (HPEMU_SOAK_S=600 for the long one): memory flat, counters monotonic."""
+    """2 vCPUs for 2 minutes (HPEMU_SOAK_S=600 for the long one): memory flat, counters monotonic,
+    gauges within their bounds while the adaptive budget grows and shrinks."""
     seconds = SOAK_S
     p = hostd.popen("run", "--vcpus", "2", "--workload", "timer", "--policy", "adaptive", "--interval-us", "1000",
-                    "--duration", str(seconds), "--json")
+                    "--halt-poll-ns", str(SOAK_CAPS_NS[1]), "--duration", str(seconds), "--json")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         kids = [k.pid for k in hostd.watch_children(p) if k.name().startswith("vm0/")]
@@ -85,13 +90,25 @@ def test_soak(hostd):
     pids = [p.pid, *kids]
     time.sleep(min(20, seconds / 6))  # warm-up: allocators and caches settle
     rss0 = _rss_tree(pids)
-    prev = _counters(words, 2)
+    prev = _slots(words, 2)
+    moves = {"up": 0, "down": 0}
     end = time.monotonic() + seconds - min(20, seconds / 6) - 5
+    tick = 0
     while time.monotonic() < end:
-        time.sleep(2)
-        cur = _counters(words, 2)
+        abi.set_param(words, 2, "halt_poll_ns", SOAK_CAPS_NS[tick // 4 % 2])
+        time.sleep(0.25)
+        tick += 1
+        cur = _slots(words, 2)
         for a, b in zip(prev, cur):
-            assert all(y >= x for x, y in zip(a, b)), "a counter went backwards"
+            for name in abi.C:
+                if name in abi.GAUGES:
+                    continue
+                assert b[name] >= a[name], f"counter {name} went backwards: {a[name]} -> {b[name]}"
+            # A cap change applies at the next halt, so the budget may sit above the new cap until then.
+            assert 0 <= b["halt_poll_ns"] <= max(SOAK_CAPS_NS)
+            assert b["guest_halt_poll_ns"] == 0  # adaptive: no guest governor
+            moves["up"] += b["halt_poll_ns"] > a["halt_poll_ns"]
+            moves["down"] += b["halt_poll_ns"] < a["halt_poll_ns"]
         prev = cur
     rss1 = _rss_tree(pids)
     words.release()
@@ -99,6 +116,8 @@ def test_soak(hostd):
     assert p.returncode == 0, err
     result = json.loads(out)
     assert result["checks"]["ok"]
+    print(f"halt_poll_ns moves seen: {moves}")
+    assert moves["up"] >= 2 and moves["down"] >= 2, moves
     for pid, before in rss0.items():
         growth = (rss1[pid] - before) / before
         print(f"pid {pid}: rss {before >> 10} KiB -> {rss1[pid] >> 10} KiB ({100 * growth:+.1f}%)")

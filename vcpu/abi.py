@@ -44,6 +44,14 @@ HALT_POLL_NS_GROW_START = 18
 HALT_POLL_NS_SHRINK = 19
 PARAM_GEN = 20
 RATE_MILLIHZ = 21  # workload rate (idle tick / timer frequency) in mHz, read by the device
+# The live parameters by name, as `hostd set` and the control API name them.
+PARAMS = {
+    "halt_poll_ns": HALT_POLL_NS,
+    "halt_poll_ns_grow": HALT_POLL_NS_GROW,
+    "halt_poll_ns_grow_start": HALT_POLL_NS_GROW_START,
+    "halt_poll_ns_shrink": HALT_POLL_NS_SHRINK,
+    "tick_millihz": RATE_MILLIHZ,
+}
 
 # From line 3 on: the vCPU's statistics (single writer: the vCPU), KVM's names first.
 COUNTERS = (
@@ -73,6 +81,10 @@ COUNTERS = (
 )
 COUNTERS_BASE = 3 * LINE_WORDS
 C = {name: COUNTERS_BASE + i for i, name in enumerate(COUNTERS)}
+# Of those words, the gauges: levels the policies move both ways (no rate, a Prometheus gauge,
+# checked against their bounds, never for monotonicity). Every other word only ever grows.
+GAUGES = frozenset({"halt_poll_ns", "guest_halt_poll_ns"})
+assert GAUGES <= C.keys()
 
 HISTS = (
     "halt_poll_success_hist", "halt_poll_fail_hist", "halt_wait_hist",
@@ -137,6 +149,15 @@ def attach(name: str) -> memoryview:
         return memoryview(mmap.mmap(fd, 0)).cast("Q")
     finally:
         os.close(fd)
+
+
+def set_param(words: memoryview, nvcpus: int, name: str, value: int) -> None:
+    """Write a live parameter for every vCPU, then bump PARAM_GEN: used from each one's next halt."""
+    off = PARAMS[name]
+    for i in range(nvcpus):
+        b = slot_base(i)
+        words[b + off] = value
+        words[b + PARAM_GEN] += 1
 
 
 def hist_bucket(value_ns: int) -> int:

@@ -226,18 +226,7 @@ class Vm:
 
     def set_param(self, name: str, value: int) -> None:
         """Live module parameter: used from the next halt on (the vCPU sees PARAM_GEN move)."""
-        offsets = {
-            "halt_poll_ns": abi.HALT_POLL_NS,
-            "halt_poll_ns_grow": abi.HALT_POLL_NS_GROW,
-            "halt_poll_ns_grow_start": abi.HALT_POLL_NS_GROW_START,
-            "halt_poll_ns_shrink": abi.HALT_POLL_NS_SHRINK,
-            "tick_millihz": abi.RATE_MILLIHZ,
-        }
-        w = self.words
-        for i in range(self.spec.vcpus):
-            b = abi.slot_base(i)
-            w[b + offsets[name]] = value
-            w[b + abi.PARAM_GEN] += 1
+        abi.set_param(self.words, self.spec.vcpus, name, value)
 
     # --- stop -----------------------------------------------------------------------------
     def stop(self) -> None:

@@ -21,8 +21,8 @@ from vcpu import abi
 
 PREFIX = "haltpoll_emu_"
 NS_PER_S = 10**9
-# Values that are not monotonic counters.
-GAUGES = {"halt_poll_ns", "guest_halt_poll_ns", "irq_pending"}
+# Values that are not monotonic counters: the slot's gauges, and what is still pending.
+GAUGES = abi.GAUGES | {"irq_pending"}
 HIST_SUM = {"halt_poll_success_hist": "halt_poll_success_ns", "halt_poll_fail_hist": "halt_poll_fail_ns",
             "halt_wait_hist": "halt_wait_ns"}
 # The emulator's wake-latency histograms, one family with a `path` label so that PromQL can

@@ -24,8 +24,9 @@ from hostd.service.control import Client, DaemonError, NoDaemon
 from hostd.plumbing.errors import UsageError
 from vcpu import abi
 
-# Per-vCPU values that are levels, not counters: no rate; the VM shows the max (or the sum).
-LEVEL_MAX = {"halt_poll_ns", "guest_halt_poll_ns"}
+# Per-vCPU values that are levels, not counters: no rate; the VM shows the max of the slot's
+# gauges (abi.GAUGES) and the sum of what is still pending.
+LEVEL_MAX = abi.GAUGES
 LEVEL_SUM = {"irq_pending"}
 HOST_FIELDS = ("host_cpu_ns", "host_runq_wait_ns", "host_ctx_voluntary", "host_ctx_involuntary", "host_migrations")
 PCTS = (50, 99)
