@@ -1,8 +1,11 @@
-"""The device process: serve guest requests and fire timers and ticks, on its own CPU.
+"""The device process: serve the guests' submits and fire the idle tick, on its own CPU.
 
-It sleeps in select() on the request socket until shortly before the next due event, then
-spins the rest of the way, so timers fire within a few microseconds of their deadline
-(the process timer slack is set to 1 ns for the sleeping part).
+It sleeps in epoll on the vCPUs' submit eventfds and its control socket together until shortly
+before the next tick, then spins the rest of the way, so a tick fires within a few microseconds of
+its time (the process timer slack is set to 1 ns for the sleeping part). A submit is an I/O thread's
+work in a VMM: take the request from the vCPU's ring, do the write, complete through the vCPU's
+interrupt (irqfd on kvm). A guest's TSC deadline is not the device's: as the kernel's LAPIC timer is
+an hrtimer of the vCPU's own, the emulated vCPU times its deadline itself (vcpu/halt.py).
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import zmq
 
 from irqsrc.inject import Injector
 from irqsrc.irqfd import IrqfdInjector
-from irqsrc.sources import TickSource, TimerSource, WriteDevice
+from irqsrc.sources import TickSource, WriteDevice
+from irqsrc.submits import SubmitRings
 from vcpu import abi
 
 SPIN_NS = 150_000  # the final stretch before an event is spun, not slept
@@ -42,13 +46,21 @@ class Device:
             self.injector = IrqfdInjector(words, spec["irqfds"])
         else:
             self.injector = Injector(words, self.kicks)
-        self.timers = TimerSource()
         self.ticks = TickSource(words, n) if spec["workload"] == "idle" else None
         # rr's answers are io's modelled completions: spec.io_service_ns carries --rr-service-us.
-        # The default disk file lives in the run's directory, which hostd removes even after a SIGKILL.
-        disk = spec["io_file"] or os.path.join(run_dir, "disk.img")
-        self.io = WriteDevice(disk, spec["io_service_ns"]) if spec["workload"] in ("io", "rr") else None
+        # hostd sets io_file for io (by default on a disk-backed filesystem: spec.default_io_dir);
+        # rr's answers are modelled, it never opens a file.
+        self.io = WriteDevice(spec["io_file"], spec["io_service_ns"]) if spec["workload"] in ("io", "rr") else None
         self.io_queue: collections.deque[int] = collections.deque()
+        self.rings = SubmitRings(words, n, spec["backend"] != "kvm")
+        # One epoll over the control socket and every submit eventfd: a VMM's I/O thread's wait.
+        self.epoll = select.epoll()
+        self.epoll.register(self.req.getsockopt(zmq.FD), select.EPOLLIN)
+        self.submit_of: dict[int, int] = {}
+        for i, fd in enumerate(spec["submit_fds"] or ()):
+            os.set_blocking(fd, False)  # read only after epoll said so; never block on a stale signal
+            self.epoll.register(fd, select.EPOLLIN)
+            self.submit_of[fd] = i
         # compare's bare-metal reference: the same writes back to back, no vCPU in the loop.
         self.bare_io = bool(spec["extra"].get("bare_io"))
         self.bare_writes = 0
@@ -59,11 +71,7 @@ class Device:
 
     def _handle(self, msg: list) -> None:
         kind = msg[0]
-        if kind == abi.REQ_ARM:
-            self.timers.arm(msg[1], msg[2])
-        elif kind == abi.REQ_IO:
-            self.io_queue.append(msg[1])
-        elif kind == abi.REQ_GO:
+        if kind == abi.REQ_GO:
             self.running = True
             if self.ticks is not None:
                 self.ticks.start(time.monotonic_ns())
@@ -84,14 +92,22 @@ class Device:
         while req.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._handle(msgpack.unpackb(req.recv()))
 
-    def _next_event(self) -> int | None:
-        times = [t for t in (self.timers.next_ns(), self.ticks.next_ns() if self.ticks else None) if t]
-        return min(times) if times else None
+    def _wait(self, timeout_s: float) -> None:
+        """Sleep until a submit or a control message (or the timeout); take every submit signalled.
+        ZeroMQ's fd is edge-like: waited on only right after _drain found the socket empty."""
+        for fd, _ in self.epoll.poll(timeout_s):
+            index = self.submit_of.get(fd)
+            if index is not None:
+                try:
+                    signalled = os.eventfd_read(fd)
+                except BlockingIOError:
+                    continue
+                self.rings.take(index, signalled, self.io_queue)
 
     def serve(self) -> None:
-        fd = self.req.getsockopt(zmq.FD)
         now = time.monotonic_ns
         inject = self.injector.inject
+        queue = self.io_queue
         while True:
             self._drain()
             if self.stopping:
@@ -103,26 +119,20 @@ class Device:
                 self.bare_writes += 1
                 self.bare_ns[1] = now()
                 continue
-            if self.io_queue:
-                index = self.io_queue.popleft()
+            if queue:
+                index = queue.popleft()
                 self.io.write()
                 inject(index)
                 continue
-            due = self._next_event() if self.running else None
+            due = self.ticks.next_ns() if self.running and self.ticks is not None else None
             t = now()
             if due is None or due - t > SPIN_NS:
-                # ZeroMQ's fd is edge-like: safe to wait on only right after EVENTS said empty.
-                timeout = None if due is None else (due - t - SPIN_NS) / 1e9
-                select.select([fd], [], [], timeout)
+                self._wait(-1 if due is None else (due - t - SPIN_NS) / 1e9)
                 continue
             while now() < due:
                 pass
-            t = now()
-            for index in self.timers.pop_due(t):
-                inject(index, False)  # the vCPU's own hrtimer wakes it (vcpu/halt.py _sleep)
-            if self.ticks is not None:
-                for index in self.ticks.pop_due(t):
-                    inject(index)
+            for index in self.ticks.pop_due(now()):
+                inject(index)
 
     def report(self) -> dict:
         return {
@@ -130,13 +140,15 @@ class Device:
             "who": "irqsrc",
             "injected": self.injector.injected,
             "kicks_dropped": self.injector.kicks_dropped,
-            "timer_late_ns": self.timers.lateness_ns.payload(),
+            "submits": self.rings.taken,
+            "submit_wait_ns": self.rings.wait_ns.payload(),
             "io_service_ns": self.io.service_times_ns.payload() if self.io else b"",
             "bare_writes": self.bare_writes,
             "bare_span_ns": self.bare_ns[1] - self.bare_ns[0],
         }
 
     def close(self) -> None:
+        self.epoll.close()
         if self.io is not None:
             self.io.close()
 

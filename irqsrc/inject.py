@@ -5,7 +5,7 @@ I/O thread on its core and preempt the poll after this one (KVM's kvm_vcpu_wake_
 is not waiting costs it nothing). The fence orders our bump before our read of `state`, and the
 vCPU fences between storing BLOCKED and re-checking `irq_seq`: at least one side sees the other,
 so either the vCPU does not sleep or it gets the kick. Its safety-net timeout keeps proving that.
-A timer expiry is not kicked: a blocked vCPU sleeps no later than its own deadline (vcpu/halt.py).
+A guest's timer is not the device's at all: the vCPU times its own deadline (vcpu/halt.py).
 """
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ class Injector:
         self.injected = [0] * len(kicks)
         self.kicks_dropped = 0
 
-    def inject(self, index: int, kick: bool = True) -> None:
-        """kick=False for a timer expiry: a blocked vCPU sleeps no later than its own deadline."""
+    def inject(self, index: int) -> None:
         w = self.w
         i_seq = self.i_seq[index]
         i_inject = self.i_inject[index]
@@ -41,7 +40,7 @@ class Injector:
         w[i_seq] = seq
         abi.full_fence()
         self.injected[index] += 1
-        if not kick or w[self.i_state[index]] != abi.BLOCKED:
+        if w[self.i_state[index]] != abi.BLOCKED:
             return
         try:
             self.kicks[index].send(KICK, zmq.NOBLOCK)

@@ -21,7 +21,7 @@ class IrqfdInjector:
         self.injected = [0] * len(eventfds)
         self.kicks_dropped = 0  # no kicks on this path; kept for the device's report
 
-    def inject(self, index: int, kick: bool = True) -> None:  # noqa: ARG002 - the kernel kicks
+    def inject(self, index: int) -> None:
         w = self.w
         w[self.i_seq[index]] += 1
         self.injected[index] += 1

@@ -2,6 +2,7 @@
 nothing it started (processes, /dev/shm segments) outlives it."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -18,7 +19,9 @@ FIGURES = {
     "injection_open_4vcpu", "injection_closed_1vcpu", "injection_closed_2vcpu", "injection_closed_4vcpu", "launch_1vcpu", "launch_4vcpu", "recording", "idle_cost", "poll_success",
 }
 
-KVM_FIGURES = {"kvm_poll_hit", "kvm_block", "kvm_vmm_exit", "kvm_launch_4vcpu"}
+KVM_FIGURES = {"kvm_poll_hit", "kvm_block", "kvm_launch_4vcpu",
+               "kvm_vmm_floor_cap0", "kvm_io_cap0", "kvm_io_breakdown_cap0",
+               "kvm_vmm_floor_seed", "kvm_io_seed", "kvm_io_breakdown_seed"}
 
 
 def _kvm_usable() -> bool:
@@ -68,7 +71,7 @@ def test_bench_quick(tmp_path: Path) -> None:
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        stdout, stderr = proc.communicate(timeout=58)
+        stdout, stderr = proc.communicate(timeout=90)
     except subprocess.TimeoutExpired:
         proc.kill()
         stdout, stderr = proc.communicate()
@@ -119,3 +122,70 @@ def test_bench_quick(tmp_path: Path) -> None:
     for label in ("poll-path", "block-path", "cyclictest", "injection", "launch", "recording", "idle"):
         assert label in stderr
     assert result["leftover_segments"] == []
+
+
+# --- the minimal-VMM floor (bench/vmm_floor.py) --------------------------------------------------
+FLOOR_MAY_IMPORT = {"vcpu.kvm_api", "vcpu.kvm_guest"}
+
+
+def _project_packages() -> set[str]:
+    return {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+
+
+def test_vmm_floor_imports_only_the_abi_and_the_guest() -> None:
+    """The floor is the smallest VMM for the same kernel and guest: from the project it may take
+    KVM's ioctl numbers and structs and the guest image, never the backend's VM, device or hostd."""
+    tree = ast.parse((ROOT / "bench" / "vmm_floor.py").read_text())
+    project = _project_packages()
+    assert {"vcpu", "hostd", "irqsrc", "bench"} <= project
+    taken = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"relative import at line {node.lineno}"
+            mod = node.module or ""
+            # `from vcpu import kvm_api` names a module; `from vcpu.kvm_api import X` a member.
+            names = [f"{mod}.{a.name}" if mod in project else mod for a in node.names]
+        else:
+            continue
+        taken |= {n for n in names if n.split(".")[0] in project}
+    assert taken, "the floor should run the project's guest image"
+    bad = {n for n in taken if not any(n == ok or n.startswith(ok + ".") for ok in FLOOR_MAY_IMPORT)}
+    assert not bad, f"bench/vmm_floor.py imports {sorted(bad)} from the project"
+
+
+def test_vmm_floor_refuses_without_kvm() -> None:
+    r = subprocess.run([sys.executable, "-m", "bench.vmm_floor", "--seconds", "0.1"], cwd=ROOT,
+                       env={**os.environ, "HPEMU_KVM_DEV": "/nonexistent/kvm"}, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and "/nonexistent/kvm" in r.stderr
+
+
+def test_vmm_floor_short(kvm, tmp_path: Path) -> None:
+    """One second of the floor (KVM_IOEVENTFD submit, cap 0): it made writes, finished on time,
+    and left no process and no file behind."""
+    tag = uuid.uuid4().hex
+    env = {**os.environ, "HPBENCH_TEST_TAG": tag}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.vmm_floor", "--seconds", "1", "--json",
+                             "--io-dir", str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"the floor did not stop; stderr:\n{stderr[-2000:]}")
+    finally:
+        left = _tagged_pids(tag)
+        _kill(left)
+    assert not left, f"processes left behind: {left}"
+    assert proc.returncode == 0, stderr
+    r = json.loads(stdout)
+    assert r["submit"] == "ioeventfd" and r["cap_ns"] == 0
+    assert 0.9 <= r["seconds"] <= 5, r
+    assert r["writes"] > 0 and r["writes_per_s"] > 0, r
+    assert r["halt_exits"] >= r["writes"] - 1, r  # the guest halts for each completion (no poll at cap 0)
+    assert list(tmp_path.iterdir()) == [], "the O_DSYNC file was left behind"
+    assert not _segments(proc.pid)

@@ -7,6 +7,7 @@ import time
 import psutil
 import pytest
 
+from irqsrc.sources import io_base_dir
 from vcpu import abi
 
 
@@ -55,6 +56,9 @@ def test_sigterm_to_hostd_stops_everything(hostd):
     p.terminate()
     p.communicate(timeout=15)
     assert p.returncode == 130
+    # the run dir and the default io file's directory (on a disk-backed filesystem) are gone too
+    for base in dict.fromkeys((tempfile.gettempdir(), io_base_dir())):
+        assert not [n for n in os.listdir(base) if abi.run_dir_owner(n) == p.pid], base
 
 
 @pytest.mark.parametrize("backend", ["emu", "kvm"])

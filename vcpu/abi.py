@@ -78,6 +78,7 @@ COUNTERS = (
     "timer_local",         # timer expiries the vCPU saw itself while polling
     "ops",                 # workload operations completed (io writes, timer wakes, ticks)
     "samples_dropped",     # wake samples beyond the recording buffer
+    "ring_full",           # submits that found the ring full: a protocol bug, fails the exactly-once check
 )
 COUNTERS_BASE = 3 * LINE_WORDS
 C = {name: COUNTERS_BASE + i for i, name in enumerate(COUNTERS)}
@@ -94,7 +95,15 @@ HISTS = (
 _HIST_BASE = COUNTERS_BASE + -(-len(COUNTERS) // LINE_WORDS) * LINE_WORDS
 HIST = {name: _HIST_BASE + i * HIST_BUCKETS for i, name in enumerate(HISTS)}
 
-SLOT_WORDS = _HIST_BASE + len(HISTS) * HIST_BUCKETS
+# The submit ring (io and rr: DESIGN §3 Submit), single producer, single consumer. Its first line
+# is the guest's (the head, then the entries: each the guest's monotonic_ns at the submit); the
+# next is the device's (the tail). Head and tail count submits from the start and never wrap.
+RING_HEAD = _HIST_BASE + len(HISTS) * HIST_BUCKETS
+RING_ENTRIES = RING_HEAD + 1
+RING_CAP = LINE_WORDS - 1  # one request is in flight per vCPU: more than enough
+RING_TAIL = RING_HEAD + LINE_WORDS
+
+SLOT_WORDS = RING_TAIL + LINE_WORDS
 assert SLOT_WORDS % LINE_WORDS == 0
 
 SHM_PREFIX = "hpemu"
@@ -173,7 +182,7 @@ def kick_endpoint(run_dir: str, index: int) -> str:
 
 
 def device_endpoint(run_dir: str) -> str:
-    """The device's PULL socket: guest requests (I/O submits, timer arms) and hostd's commands."""
+    """The device's PULL socket: hostd's commands and the vCPUs' greetings (submits use the ring)."""
     return f"ipc://{run_dir}/irqsrc.req"
 
 
@@ -184,8 +193,8 @@ def control_endpoint(run_dir: str) -> str:
 
 SPEC_FILE = "spec.msgpack"
 
-# Device request kinds (first element of a msgpack list).
-REQ_IO, REQ_ARM, REQ_GO, REQ_STOP, REQ_HELLO = range(5)
+# Device control messages (first element of a msgpack list).
+REQ_GO, REQ_STOP, REQ_HELLO = range(3)
 
 # Readiness proves both wake paths connected: the device greets each vCPU with one kick
 # frame and each vCPU greets the device with REQ_HELLO; nobody reports ready before its

@@ -1,6 +1,6 @@
 """rr's "host" reference: a bare process ping-ponging with the device, no vCPU in the loop.
 
-It sends the same request the rr guest sends and sleeps in the kick socket until the answer,
+It submits the same request the rr guest submits (with no exit cost) and sleeps in the kick socket until the answer,
 as a process blocked in recv() would: no halt, no poll, no exit cost. Its slot says BLOCKED
 throughout, so the device kicks it on every answer; it keeps the slot's ack and delivered
 counters as a vCPU does, so the run's exactly-once check covers it too.
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 
-import msgpack
 import zmq
 
 from vcpu import abi
 from vcpu.guest import RoundTrips
+from vcpu.submit import Submitter
 
 
-def run_bare(words: memoryview, kick: zmq.Socket, req: zmq.Socket, index: int, trips: RoundTrips,
+def run_bare(words: memoryview, kick: zmq.Socket, sub: Submitter, index: int, trips: RoundTrips,
              safety_timeout_ms: int) -> None:
     b = abi.slot_base(index)
     i_seq, i_ack = b + abi.IRQ_SEQ, b + abi.IRQ_ACK
@@ -25,12 +25,11 @@ def run_bare(words: memoryview, kick: zmq.Socket, req: zmq.Socket, index: int, t
     words[b + abi.STATE] = abi.BLOCKED
     kick.setsockopt(zmq.RCVTIMEO, safety_timeout_ms)
     buf = bytearray(8)
-    submit = msgpack.packb((abi.REQ_IO, index))
     now = time.monotonic_ns
     ack = words[i_ack]
     while not words[abi.H_STOP]:
         t0 = now()
-        req.send(submit)
+        sub.submit()
         while True:
             try:
                 kick.recv_into(buf)

@@ -4,42 +4,25 @@ from __future__ import annotations
 import time
 from array import array
 
-import msgpack
-import zmq
-
-from vcpu import abi
-from vcpu.costs import spin_ns
 from vcpu.halt import VCpu
+from vcpu.submit import Submitter
 
 WORKLOADS = ("idle", "io", "timer", "rr")
 
 
-def run_timer(v: VCpu, req: zmq.Socket, index: int, interval_ns: int) -> None:
+def run_timer(v: VCpu, interval_ns: int) -> None:
     """TSC-deadline test: arm a deadline, halt, measure wake - deadline (recorded by VCpu)."""
     now = time.monotonic_ns
     while True:
-        deadline = now() + interval_ns
-        v.arm_timer(deadline)
-        # Writing the TSC-deadline MSR is an exit: the host arms its timer (our device).
-        req.send(msgpack.packb((abi.REQ_ARM, index, deadline)))
+        v.arm_timer(now() + interval_ns)
         if not v.idle():
             return
 
 
-def submit_exit(req: zmq.Socket, submit: bytes, port_ns: int) -> None:
-    """A port write the VMM forwards: the exit's way out, the send, the way back in."""
-    half = port_ns // 2
-    spin_ns(half)
-    req.send(submit)
-    spin_ns(port_ns - half)
-
-
-def run_io(v: VCpu, req: zmq.Socket, index: int, port_ns: int) -> None:
-    """Latency-bound synchronous writes: submit one (a port write: exit to the VMM and back),
-    halt until its completion interrupt."""
-    submit = msgpack.packb((abi.REQ_IO, index))
+def run_io(v: VCpu, sub: Submitter) -> None:
+    """Latency-bound synchronous writes: submit one, halt until its completion interrupt."""
     while True:
-        submit_exit(req, submit, port_ns)
+        sub.submit()
         if not v.idle():
             return
 
@@ -65,17 +48,16 @@ class RoundTrips:
         return {"rr_ns": self.ns[: self.n].tobytes(), "rr_dropped": self.dropped}
 
 
-def run_rr(v: VCpu, req: zmq.Socket, index: int, trips: RoundTrips, port_ns: int) -> None:
+def run_rr(v: VCpu, sub: Submitter, trips: RoundTrips) -> None:
     """TCP_RR-like: send a request (an I/O submit), halt until the answer's interrupt.
 
-    One round trip spans the guest's clock read right before the send to its clock read right
+    One round trip spans the guest's clock read right before the submit to its clock read right
     after idle() returns, i.e. once the guest runs again with the answer consumed (wake path,
     exit cost and the exactly-once bookkeeping included, as a guest's ISR would be)."""
-    submit = msgpack.packb((abi.REQ_IO, index))
     now = time.monotonic_ns
     while True:
         t0 = now()
-        submit_exit(req, submit, port_ns)
+        sub.submit()
         if not v.idle():
             return  # stopped: the transaction in flight is not a sample
         trips.add(now() - t0)
@@ -87,13 +69,12 @@ def run_idle(v: VCpu) -> None:
         pass
 
 
-def run(workload: str, v: VCpu, req: zmq.Socket, index: int, interval_ns: int,
-        trips: RoundTrips | None = None, port_ns: int = 0) -> None:
+def run(workload: str, v: VCpu, sub: Submitter | None, interval_ns: int, trips: RoundTrips | None = None) -> None:
     if workload == "rr":
-        run_rr(v, req, index, trips, port_ns)
+        run_rr(v, sub, trips)
     elif workload == "timer":
-        run_timer(v, req, index, interval_ns)
+        run_timer(v, interval_ns)
     elif workload == "io":
-        run_io(v, req, index, port_ns)
+        run_io(v, sub)
     else:
         run_idle(v)

@@ -128,7 +128,6 @@ class VCpu:
         self.ack = words[self.i_ack]
         self.deadline = 0
         self.hit_ns = 0  # when _spin saw the interrupt
-        self.echo = 0  # injections still to come for timer expiries this vCPU took itself
         self.nivcsw = 0
         self.param_gen = -1
         self._load_params()
@@ -147,25 +146,8 @@ class VCpu:
         self.w[self.i_deadline] = deadline_ns
 
     # --- pending checks ----------------------------------------------------------------
-    def _irq_pending(self) -> bool:
-        """True if an injection is waiting, after absorbing echoes of self-taken timers."""
-        w = self.w
-        n = w[self.i_seq] - self.ack
-        if not n:
-            return False
-        if self.echo:
-            # The device fires every armed deadline exactly once; when this vCPU saw the
-            # expiry first, that injection is the same interrupt, delivered already.
-            e = n if n < self.echo else self.echo
-            self.echo -= e
-            self.ack += e
-            w[self.i_ack] = self.ack
-            w[self.c["irq_delivered"]] += e
-            return n > e
-        return True
-
     def _pending(self) -> int:
-        if self.w[self.i_seq] != self.ack and self._irq_pending():
+        if self.w[self.i_seq] != self.ack:
             return IRQ
         if self.deadline and time.monotonic_ns() >= self.deadline:
             return TIMER
@@ -187,11 +169,8 @@ class VCpu:
             # Tight inner loop on the pending word alone; the clock once per pass.
             for _ in inner:
                 if w[i_seq] != ack:
-                    t = now()  # the wake time: taken before the bookkeeping below
-                    if self._irq_pending():
-                        self.hit_ns = t
-                        return IRQ
-                    ack = self.ack
+                    self.hit_ns = now()
+                    return IRQ
             t = now()
             if deadline and t >= deadline:
                 return TIMER
@@ -414,7 +393,6 @@ class VCpu:
             # The guest timer expired: its latency counts from the deadline itself.
             event = self.deadline
             if why == TIMER:
-                self.echo += 1
                 w[c["timer_local"]] += 1
             self.deadline = 0
             w[self.i_deadline] = 0

@@ -76,6 +76,14 @@ class kvm_irqfd(ctypes.Structure):
                 ("pad", c_uint8 * 16)]
 
 
+class kvm_ioeventfd(ctypes.Structure):
+    _fields_ = [("datamatch", c_uint64), ("addr", c_uint64), ("len", c_uint32), ("fd", ctypes.c_int32),
+                ("flags", c_uint32), ("pad", c_uint8 * 36)]
+
+
+KVM_IOEVENTFD_FLAG_PIO = 1 << 1
+
+
 class kvm_enable_cap(ctypes.Structure):
     _fields_ = [("cap", c_uint32), ("flags", c_uint32), ("args", c_uint64 * 4), ("pad", c_uint8 * 64)]
 
@@ -108,6 +116,7 @@ class kvm_stats_desc(ctypes.Structure):
 
 assert ctypes.sizeof(kvm_sregs) == 312 and ctypes.sizeof(kvm_regs) == 144
 assert ctypes.sizeof(kvm_enable_cap) == 104 and ctypes.sizeof(kvm_irqfd) == 32
+assert ctypes.sizeof(kvm_ioeventfd) == 64
 
 KVM_GET_API_VERSION = _io(0x00)
 KVM_CREATE_VM = _io(0x01)
@@ -118,6 +127,7 @@ KVM_CREATE_VCPU = _io(0x41)
 KVM_SET_USER_MEMORY_REGION = _iow(0x46, ctypes.sizeof(kvm_userspace_memory_region))
 KVM_SET_TSS_ADDR = _io(0x47)
 KVM_CREATE_IRQCHIP = _io(0x60)
+KVM_IOEVENTFD = _iow(0x79, ctypes.sizeof(kvm_ioeventfd))
 KVM_IRQFD = _iow(0x76, ctypes.sizeof(kvm_irqfd))
 KVM_RUN = _io(0x80)
 KVM_GET_REGS = _ior(0x81, ctypes.sizeof(kvm_regs))
@@ -135,6 +145,7 @@ KVM_CAP_IRQCHIP = 0
 KVM_CAP_USER_MEMORY = 3
 KVM_CAP_SET_TSS_ADDR = 4
 KVM_CAP_IRQFD = 32
+KVM_CAP_IOEVENTFD = 36
 KVM_CAP_TSC_DEADLINE_TIMER = 72
 KVM_CAP_VCPU_ATTRIBUTES = 127
 KVM_CAP_IMMEDIATE_EXIT = 136
@@ -145,6 +156,7 @@ REQUIRED_CAPS = (
     (KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY", "guest memory"),
     (KVM_CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR", "a real-mode guest"),
     (KVM_CAP_IRQFD, "KVM_CAP_IRQFD", "device interrupts through eventfds"),
+    (KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD", "I/O submits handled in the kernel, as a VMM's virtio notify"),
     (KVM_CAP_TSC_DEADLINE_TIMER, "KVM_CAP_TSC_DEADLINE_TIMER", "the guest's TSC-deadline timer"),
     (KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT", "stopping a halted guest"),
     (KVM_CAP_HALT_POLL, "KVM_CAP_HALT_POLL", "a per-VM halt-poll budget"),
@@ -215,11 +227,24 @@ def open_kvm() -> int:
     return fd
 
 
-def check_caps(kvm_fd: int) -> None:
+def missing_cap(has) -> str | None:
+    """The refusal for the first capability `has(cap)` denies, or None: one line, what and why."""
     for cap, name, why in REQUIRED_CAPS:
-        if ioctl(kvm_fd, KVM_CHECK_EXTENSION, cap) <= 0:
-            raise KvmUnavailable(f"{kvm_dev()}: the kernel lacks {name} ({why}): "
-                                 "use a Linux kernel of 5.16 or later")
+        if not has(cap):
+            return f"{kvm_dev()}: the kernel lacks {name} ({why}): use a Linux kernel of 5.16 or later"
+    return None
+
+
+def check_caps(kvm_fd: int) -> None:
+    why = missing_cap(lambda cap: ioctl(kvm_fd, KVM_CHECK_EXTENSION, cap) > 0)
+    if why:
+        raise KvmUnavailable(why)
+
+
+def ioeventfd(vm_fd: int, port: int, fd: int) -> None:
+    """A guest's 1-byte write to `port` signals eventfd `fd` inside the kernel: the exit never
+    reaches user space (a VMM's virtio notify)."""
+    ioctl(vm_fd, KVM_IOEVENTFD, kvm_ioeventfd(addr=port, len=1, fd=fd, flags=KVM_IOEVENTFD_FLAG_PIO))
 
 
 def create_vm(kvm_fd: int) -> int:

@@ -4,8 +4,9 @@ The process contract is the emulated vCPU's (vcpu/process.py does the setup, the
 the reports); what runs between "go" and "stop" is KVM_RUN. Two threads:
 
 - the vCPU thread (the process's main thread, on the vCPU's CPU) sits in KVM_RUN; the kernel
-  halts, polls and blocks the guest there. It comes back to us only for the guest's `io` submit
-  port write, which it forwards to the device as the emulator's REQ_IO, and to stop;
+  halts, polls and blocks the guest there, and takes the `io` guest's submit port write itself:
+  the port is a KVM_IOEVENTFD on the device's submit eventfd, as a VMM's virtio notify. KVM_RUN
+  comes back to us only to stop;
 - a publisher thread, on the housekeeping CPU so the kernel's poll never sees it runnable
   (`kvm_vcpu_can_poll`: single_task_running()), copies the kernel's stats and the guest's
   counts into the vCPU's slot every PUBLISH_S (so `hostd stat` reads them live), drains the
@@ -16,11 +17,8 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
-import msgpack
 import numpy as np
-import zmq
 
 from vcpu import abi, kvm_api, kvm_trace
 from vcpu.kvm_stats import HALT_COUNTERS, HALT_HISTS
@@ -63,6 +61,7 @@ class KvmVcpu:
             irqfd=None if irqfds is None else irqfds[index],
             shared=words, inject_offset=abi.byte_offset(abi.slot_base(index) + abi.INJECT_TSC),
             interval_ns=spec["interval_ns"],
+            submit_eventfd=spec["submit_fds"][index] if spec["submit_fds"] else None,
         )
         # This (main) thread runs KVM_RUN: the halts to trace are its. An idle=poll guest never halts.
         root = None if self.spin else kvm_trace.tracefs_root()
@@ -79,8 +78,6 @@ class KvmVcpu:
         self.wake = np.ones(n, np.int64)
         self.n = 0
         self.dropped = 0
-        self.vmm_exit_ns = 0  # our time from KVM_RUN returning for a submit to calling it again
-        self.vmm_exits = 0
         b = abi.slot_base(index)
         self.timer = spec["workload"] == "timer"
         self.i_seq = b + abi.IRQ_SEQ
@@ -139,23 +136,18 @@ class KvmVcpu:
             self.vm.stop(main_thread)
 
     # --- the vCPU thread -------------------------------------------------------------------
-    def run(self, req: zmq.Socket) -> None:
-        """KVM_RUN until H_STOP; a submit port write goes to the device as REQ_IO."""
+    def run(self) -> None:
+        """KVM_RUN until H_STOP."""
         vm = self.vm
-        submit = msgpack.packb((abi.REQ_IO, self.index))
-        now = time.perf_counter_ns
         pub = threading.Thread(target=self._publisher, args=(threading.get_ident(),), name="publisher")
         pub.start()
         try:
             while True:
                 reason = vm.enter()
-                if reason == kvm_api.KVM_EXIT_INTR:
-                    if self.stopping.is_set():
-                        break
-                    continue
-                req.send(submit)
-                self.vmm_exits += 1
-                self.vmm_exit_ns += now() - vm.returned_ns  # from KVM_RUN's return to re-entry
+                if reason != kvm_api.KVM_EXIT_INTR:
+                    raise RuntimeError("the guest's submit reached user space: its KVM_IOEVENTFD is missing")
+                if self.stopping.is_set():
+                    break
         finally:
             self.stopping.set()  # on our own failure too: the publisher ends
             pub.join()
@@ -173,7 +165,7 @@ class KvmVcpu:
         return np.choose(waited + 1, (PATH_KERNEL, PATH_POLL, PATH_BLOCK)).astype(np.uint8)
 
     def report(self) -> dict:
-        """The emulator's report fields (ns), plus the guest's cycles and the VMM's exit cost."""
+        """The emulator's report fields (ns), plus the guest's cycles."""
         n, khz = self.n, self.vm.tsc_khz
         lat = self.lat[:n].clip(0)
         halt = self.halt[:n].clip(0)
@@ -185,8 +177,6 @@ class KvmVcpu:
             "trace_dropped": 0 if self.trace is None else self.trace.dropped,
             "latency_cycles": lat.tobytes(),
             "tsc_khz": khz,
-            "vmm_exit_ns": self.vmm_exit_ns,
-            "vmm_exits": self.vmm_exits,
         }
 
     def close(self) -> None:

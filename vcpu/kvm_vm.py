@@ -36,9 +36,11 @@ def _page_round(n: int) -> int:
 
 class KvmVm:
     def __init__(self, workload: str, spin: bool, halt_poll_ns: int, interval_ns: int = 0,
-                 irqfd: int | None = None, shared=None, inject_offset: int = 0) -> None:
+                 irqfd: int | None = None, shared=None, inject_offset: int = 0,
+                 submit_eventfd: int | None = None) -> None:
         """shared: a writable buffer (the hpemu segment) mapped at SHARED_GPA; inject_offset: the
-        byte offset in it of the device's INJECT_TSC word for this vCPU."""
+        byte offset in it of the device's INJECT_TSC word for this vCPU; submit_eventfd: the guest's
+        submit port becomes a KVM_IOEVENTFD on it (None: the port write exits to us)."""
         self.fds: list[int] = []
         try:
             self.kvm = self._own(k.open_kvm())
@@ -64,6 +66,8 @@ class KvmVm:
             g.set_tsc_offset(memoryview(self.ram), self.tsc_offset)
             if irqfd is not None:
                 k.ioctl(self.vm, k.KVM_IRQFD, k.kvm_irqfd(fd=irqfd, gsi=IRQ_GSI))
+            if submit_eventfd is not None:
+                k.ioeventfd(self.vm, g.SUBMIT_PORT, submit_eventfd)
             self.stats = VcpuStats(k.ioctl(self.vcpu, k.KVM_GET_STATS_FD))  # owns and closes that fd
             self.ring = np.frombuffer(self.ram, np.int64, g.RING_ENTRIES * g.RING_ENTRY // 8, g.RING_GPA).reshape(
                 g.RING_ENTRIES, g.RING_ENTRY // 8)

@@ -16,6 +16,7 @@ from vcpu.guest_haltpoll import make_guest_policy
 from vcpu.costs import Costs
 from vcpu.halt import Recorder, VCpu
 from vcpu.policy import PolicySpec, make_host_policy
+from vcpu.submit import Submitter
 
 
 def siblings(cpus: list[int] | None, index: int) -> tuple[int, ...]:
@@ -42,9 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     words = abi.attach(spec["shm"])
     kvm = None
     # Kicks are received by an I/O thread on this vCPU's core, as KVM's wake-up IPI lands
-    # there. Requests (I/O submits, timer arms: exits the host handles) go out through a second
-    # context whose I/O thread sits on the housekeeping CPU, so a vCPU that polls right after
-    # submitting is not preempted by its own submission.
+    # there. The greeting and the reports go out through a second context whose I/O thread sits
+    # on the housekeeping CPU. Submits take neither: they are the ring and the eventfd (vcpu/submit.py).
     ctx = zmq.Context()
     out_ctx = zmq.Context()
     if spec["device_cpu"] is not None:
@@ -75,11 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         while not (words[abi.H_RUN] or words[abi.H_STOP]):
             kick.recv()
         if kvm is not None:
-            kvm.run(req)
+            kvm.run()
             ctl.send(msgpack.packb({"kind": "report", "who": "vcpu", "index": index, **kvm.report()}))
             return 0
+        submit_fd = spec["submit_fds"][index] if spec["submit_fds"] else None
         if spec["extra"].get("bare"):  # rr's host reference: no vCPU in the loop
-            run_bare(words, kick, req, index, trips, spec["safety_timeout_ms"])
+            run_bare(words, kick, Submitter(words, index, submit_fd, 0), index, trips, spec["safety_timeout_ms"])
             ctl.send(msgpack.packb({"kind": "report", "who": "vcpu", "index": index, **recorder.payload(),
                                     **trips.payload()}))
             return 0
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         # The bare-metal io reference: the device writes alone; this vCPU just stays halted.
         workload = "idle" if spec["extra"].get("bare_io") else spec["workload"]
-        guest.run(workload, v, req, index, spec["interval_ns"], trips, costs.port_ns)
+        sub = Submitter(words, index, submit_fd, costs.submit_ns) if submit_fd is not None else None
+        guest.run(workload, v, sub, spec["interval_ns"], trips)
         ctl.send(msgpack.packb({"kind": "report", "who": "vcpu", "index": index, **recorder.payload(),
                                 **(trips.payload() if trips else {})}))
     except Exception as exc:  # one line for the user; hostd reports which vCPU failed

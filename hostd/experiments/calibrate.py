@@ -4,7 +4,9 @@ Each cost comes from a real KVM VM (hostd/experiments/kvm_probe.py), p50 over it
 median over --repeat rounds, the rounds interleaved so drift hits every probe alike:
 
 - vm_exit_ns:          the guest's back-to-back `cpuid`, an exit the kernel handles itself;
-- port_exit_ns:        back-to-back port writes to the VMM (user space), re-entered at once;
+- submit_exit_ns:      back-to-back writes to the submit port, a KVM_IOEVENTFD (the io and rr
+                       workloads' submit, a VMM's virtio notify): the kernel handles each exit,
+                       signals the eventfd and re-enters; user space never sees them;
 - poll_wake_ns:        device irqfd write -> guest ISR with a 2 ms poll cap: the host's poll
                        catches every completion (a modelled 100 us device service);
 - block_wake_ns:       the same with cap 0: the vCPU thread had blocked;
@@ -43,7 +45,7 @@ def _probes(seconds: float) -> list[tuple[str, callable]]:
     samples = max(100, int(seconds / sched_probe.GAP_S / 2))
     return [
         ("exits", lambda: kvm_probe.loop("exits", seconds)),
-        ("ports", lambda: kvm_probe.loop("ports", seconds)),
+        ("submits (ioeventfd)", lambda: kvm_probe.loop("ports", seconds)),
         ("io, poll cap 2 ms", lambda: kvm_probe.io(POLL_CAP_NS, seconds, service_ns=SERVICE_NS)),
         ("io, cap 0", lambda: kvm_probe.io(0, seconds, service_ns=SERVICE_NS)),
         ("io, idle=poll guest", lambda: kvm_probe.io(0, seconds, spin=True, service_ns=SERVICE_NS)),
@@ -57,7 +59,7 @@ def _probes(seconds: float) -> list[tuple[str, callable]]:
 # Which probe's which figure each cost is.
 SOURCES = {
     "vm_exit_ns": ("exits", "round_trip_ns"),
-    "port_exit_ns": ("ports", "round_trip_ns"),
+    "submit_exit_ns": ("submits (ioeventfd)", "round_trip_ns"),
     "poll_wake_ns": ("io, poll cap 2 ms", "wake_ns_p50"),
     "block_wake_ns": ("io, cap 0", "wake_ns_p50"),
     "running_inject_ns": ("io, idle=poll guest", "wake_ns_p50"),
@@ -119,7 +121,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "calibrate",
         help="measure this machine's costs of virtualization on real KVM; write the emulator's profile",
         description="Run small real KVM VMs (needs /dev/kvm) and measure what the kernel pays per VM exit, per "
-        "port exit to the VMM, per wake (poll hit, blocked, timer) and per interrupt into a running vCPU. "
+        "submit (a port write the kernel turns into an eventfd signal, KVM_IOEVENTFD), per wake (poll hit, "
+        "blocked, timer) and per interrupt into a running vCPU. "
         "The profile written is what the emulator then spends as real CPU spins on each vCPU's core "
         "(--calibration of run, compare, tune), so its figures predict this machine's kernel.",
         epilog="example: hostd calibrate && hostd compare --backend both",
@@ -129,25 +132,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeat", default="3", metavar="N", help="rounds of every probe; the median is kept (default 3)")
     p.add_argument("--json", action="store_true", help="print the profile as JSON on stdout")
     p.add_argument("--if-missing", action="store_true",
-                   help="measure only if no profile is at --out yet, and where /dev/kvm is unusable say so and "
-                   "exit 0 (what ./run.sh does before its first comparison)")
+                   help="measure only if no profile of this format version is at --out yet (an older one is "
+                   "measured again, or moved aside to FILE.vN where /dev/kvm is unusable), and where /dev/kvm "
+                   "is unusable say so and exit 0 (what ./run.sh does before its first comparison)")
     p.set_defaults(func=main)
+
+
+def _move_aside(path: str, version: int) -> str:
+    """Rename an older-format profile to PATH.vN (PATH.vN.2, ... if taken): where it went."""
+    aside = f"{path}.v{version}"
+    n = 1
+    while os.path.lexists(aside):
+        n += 1
+        aside = f"{path}.v{version}.{n}"
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        raise UsageError(f"calibrate: {path} is format version {version} (this haltpoll-emu writes "
+                         f"{calibration.VERSION}) and cannot be moved aside to {aside}: {exc.strerror}; "
+                         f"remove it, or run `hostd calibrate` where /dev/kvm works") from None
+    return aside
 
 
 def main(args: argparse.Namespace) -> int:
     seconds = parse_float("--seconds", args.seconds, 0.05, 60.0)
     repeat = parse_int("--repeat", args.repeat, 1, 100)
     out = args.out or calibration.default_path()
-    if args.if_missing and os.path.exists(out):
+    old = calibration.older_format(out) if args.if_missing else None
+    if args.if_missing and old is None and os.path.exists(out):
         sys.stderr.write(f"hostd: calibrate: {out} exists; `hostd calibrate` measures this machine again\n")
         return 0
+    outdated = f"{out} is format version {old} (this haltpoll-emu writes {calibration.VERSION})"
     try:
         kvm_api.probe()
     except kvm_api.KvmUnavailable as exc:
         if args.if_missing:
-            sys.stderr.write(f"hostd: calibrate: no profile (needs /dev/kvm: {exc}); the emulator runs raw\n")
+            if old is not None:  # unusable as it is, and not to be used silently: out of the way, kept
+                aside = _move_aside(out, old)
+                sys.stderr.write(f"hostd: calibrate: {outdated}, and it cannot be measured again here (needs "
+                                 f"/dev/kvm: {exc}): moved to {aside}; the emulator runs raw\n")
+            else:
+                sys.stderr.write(f"hostd: calibrate: no profile (needs /dev/kvm: {exc}); the emulator runs raw\n")
             return 0
         raise UsageError(f"calibrate needs /dev/kvm: {exc}") from None
+    if old is not None:
+        sys.stderr.write(f"hostd: calibrate: {outdated}: measuring again\n")
     rounds = measure(seconds, repeat, lambda line: sys.stderr.write(f"hostd: calibrate {line}\n"))
     detail = {"seconds": seconds, "repeat": repeat, "poll_cap_ns": POLL_CAP_NS, "service_ns": SERVICE_NS,
               "rounds": rounds, "doubts": doubts(rounds)}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import signal
+import tempfile
 import threading
 import time
 
@@ -94,53 +96,67 @@ def timer(cap_ns: int, seconds: float, interval_us: int = INTERVAL_US) -> dict:
 
 
 def io(cap_ns: int, seconds: float, spin: bool = False, service_ns: int | None = None) -> dict:
-    """Synchronous 4 KiB O_DSYNC writes (or a modelled service time) by a forked device,
-    completions through irqfd; wake = the device's rdtsc before its irqfd write to the guest ISR."""
+    """Synchronous 4 KiB O_DSYNC writes (or a modelled service time) by a forked device: the guest's
+    submit is a KVM_IOEVENTFD the device blocks on, completions go through irqfd; wake = the
+    device's rdtsc before its irqfd write to the guest ISR."""
     house, _ = cpus()
     seg = mmap.mmap(-1, abi.segment_size(1))
     words = memoryview(seg).cast("Q")
     efd = os.eventfd(0, os.EFD_CLOEXEC)
-    req_r, req_w = os.pipe()
+    submit = os.eventfd(0, os.EFD_CLOEXEC)
+    disk = tempfile.TemporaryDirectory(prefix="hpemu-probe-")  # ours: the device is killed, not closed
     pid = os.fork()
     if pid == 0:  # the device: never touches KVM
         try:
-            os.close(req_w)
             os.sched_setaffinity(0, [house])
-            dev = WriteDevice(None, service_ns)
+            dev = WriteDevice(os.path.join(disk.name, "disk.img"), service_ns)
             inj = IrqfdInjector(words, [efd])
-            while os.read(req_r, 1):
-                dev.write()
-                inj.inject(0)
-            dev.close()
+            while True:
+                for _ in range(os.eventfd_read(submit)):
+                    dev.write()
+                    inj.inject(0)
         finally:
             os._exit(0)
-    os.close(req_r)
     vm = None
     try:
-        vm = KvmVm("io", spin, cap_ns, irqfd=efd, shared=words,
+        vm = KvmVm("io", spin, cap_ns, irqfd=efd, shared=words, submit_eventfd=submit,
                    inject_offset=abi.byte_offset(abi.slot_base(0) + abi.INJECT_TSC))
-        r = run_for(vm, seconds, lambda: os.write(req_w, b"x"), [pid])
+        r = run_for(vm, seconds, device=[pid])
         lat = _samples(vm)
         ns = _p50_ns(lat, vm.tsc_khz)
         r["wake_ns_p50"] = ns
         r["wake_us_p50"] = None if ns is None else round(ns / 1000, 1)
     finally:
-        os.close(req_w)
+        os.kill(pid, signal.SIGKILL)  # it blocks in eventfd_read: nothing else ends it
         os.waitpid(pid, 0)
         if vm is not None:
             vm.close()
         os.close(efd)
+        os.close(submit)
+        disk.cleanup()
     r["writes_per_s"] = round(r["delivered"] / r["seconds"])
     return {"cap_ns": cap_ns, "guest": "idle=poll" if spin else "hlt", **r}
 
 
 def loop(probe: str, seconds: float) -> dict:
-    """The guest's back-to-back `exits` (cpuid, handled in the kernel) or `ports` (a port write to
-    us, re-entered at once): ns per round trip as the guest's loop sees it."""
-    vm = KvmVm(probe, False, 0)
+    """The guest's back-to-back `exits` (cpuid, handled in the kernel) or `ports` (writes to the
+    submit port, a KVM_IOEVENTFD on an eventfd of ours as the io and rr workloads' submit is: the
+    kernel handles each exit, signals the eventfd and re-enters; the loop never comes out to us,
+    run_for's stopper ends it): ns per round trip as the guest's loop sees it."""
+    efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if probe == "ports" else None
+    vm = None
     try:
+        vm = KvmVm(probe, False, 0, submit_eventfd=efd)
         r = run_for(vm, seconds)
+        if efd is not None:  # each write signalled it: the exits were the kernel's (vmm_exit_ns_mean None)
+            try:
+                r["eventfd_count"] = os.eventfd_read(efd)
+            except BlockingIOError:
+                r["eventfd_count"] = 0
     finally:
-        vm.close()
+        if vm is not None:
+            vm.close()
+        if efd is not None:
+            os.close(efd)
     r["round_trip_ns"] = round(r["seconds"] * 1e9 / r["delivered"]) if r["delivered"] else None
     return {"probe": probe, **r}

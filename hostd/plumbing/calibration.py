@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from hostd.plumbing.output import atomic_write
 from hostd.plumbing.policy_options import tsc_khz_from_machine
 
 FORMAT = "haltpoll-emu calibration profile"
-VERSION = 1
+VERSION = 2  # 2: port_exit_ns (an exit to the VMM in user space) became submit_exit_ns (a KVM_IOEVENTFD)
 MAX_NS = 10_000_000  # 10 ms: no single exit or wake costs that much; a bigger figure is a broken measurement
 COSTS = (
     ("vm_exit_ns", "VM exit + re-entry round trip (a guest cpuid, handled inside the kernel)"),
@@ -27,7 +28,8 @@ COSTS = (
     ("running_inject_ns", "injection to ISR into a running vCPU (an idle=poll guest): the kick out of guest mode"),
     ("block_wake_ns", "injection to ISR when the vCPU thread had blocked (no polling)"),
     ("timer_block_wake_ns", "TSC-deadline expiry to ISR when the vCPU had blocked"),
-    ("port_exit_ns", "guest port write -> exit to the VMM (user space) -> guest resumes: the io workload's submit"),
+    ("submit_exit_ns", "guest port write to the submit port, a KVM_IOEVENTFD: the exit handled in the kernel, "
+                       "the eventfd signalled, the guest resumed: the io and rr workloads' submit"),
     ("block_penalty_ns", "the scheduler's block penalty: a process blocked on the vCPU's CPU woken from the "
                          "device's CPU (any process pays it; the emulator's block path does, for real)"),
     ("timer_block_penalty_ns", "the same for a process sleeping to a deadline on its own CPU (its hrtimer)"),
@@ -126,7 +128,27 @@ def write(path: str, costs: dict, detail: dict, machine: dict | None = None,
     return profile
 
 
-def load(path: str) -> Profile:
+def format_version(path: str) -> int | None:
+    """The format version of the profile at `path`, or None where it is no readable profile
+    (load() says what is wrong with it)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or type(doc.get("version")) is not int:
+        return None
+    return doc["version"]
+
+
+def older_format(path: str) -> int | None:
+    """The version of the profile at `path` if an older haltpoll-emu wrote it (to measure again), else None."""
+    version = format_version(path)
+    return version if version is not None and version < VERSION else None
+
+
+def load(path: str, default: bool = False) -> Profile:
+    """default: `path` is default_path(), which the user did not name (`hostd calibrate` rewrites it)."""
     where = f"--calibration {path}"
     try:
         with open(path, encoding="utf-8") as f:
@@ -148,8 +170,12 @@ def load(path: str) -> Profile:
     if type(version) is not int:
         raise UsageError(f"{where}: not a calibration profile (no integer \"version\")")
     if version != VERSION:
-        raise UsageError(f"{where}: profile format version {version}, this haltpoll-emu reads "
-                         f"version {VERSION}: re-run hostd calibrate")
+        again = "`hostd calibrate`" if default else f"`hostd calibrate --out {shlex.quote(path)}`"
+        if version < VERSION:  # its costs were measured as this haltpoll-emu no longer spends them
+            raise UsageError(f"{where}: profile format version {version}, older than this haltpoll-emu's "
+                             f"{VERSION}: measure this machine again with {again}")
+        raise UsageError(f"{where}: profile format version {version}, this haltpoll-emu reads version "
+                         f"{VERSION}: a newer haltpoll-emu wrote it (or measure again with {again})")
     doc.setdefault("detail", {})  # optional: raw measurements, for a reader, not the emulator
     for key, kind, what in (("label", str, "a string"), ("derived", bool, "true or false"),
                             ("machine", dict, "an object"), ("date", str, "a string"), ("detail", dict, "an object")):
@@ -184,7 +210,7 @@ def resolve(text: str | None) -> Profile | None:
         if not os.path.exists(path):
             return None
         try:
-            profile = load(path)
+            profile = load(path, default=True)
         except UsageError as exc:  # the user did not name this file, so say where it came from
             raise UsageError(f"{exc} (the default profile; --calibration none runs without it)") from None
     else:

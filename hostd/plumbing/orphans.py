@@ -1,31 +1,41 @@
-"""What runs whose hostd died left behind (SIGKILL leaves no chance to clean up): segments in /dev/shm, run directories,
-kvm trace instances, and changed kvm module parameters."""
+"""What runs whose hostd died left behind (SIGKILL leaves no chance to clean up): segments in /dev/shm, run directories
+(in tempfile's directory) and the default io file's directories (in irqsrc.sources.IO_DIR), kvm trace instances, and
+changed kvm module parameters."""
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 import tempfile
 
 import psutil
 
 from hostd.plumbing import kvm_params
+from irqsrc.sources import IO_DIR
 from vcpu import abi, kvm_trace
 
 
 def _remove_stale_run_dirs() -> None:
-    """Run directories (sockets, the spec) of dead hostds: nothing in them is of use any more."""
-    tmp = tempfile.gettempdir()
-    for name in os.listdir(tmp):
-        owner = abi.run_dir_owner(name)
-        path = os.path.join(tmp, name)
-        if owner is None or psutil.pid_exists(owner):
-            continue
+    """Run directories (sockets, the spec) and default io file directories of dead hostds: nothing
+    in them is of use any more. Both are named by owner (abi.run_dir_prefix); the io directories sit
+    on a disk-backed filesystem (IO_DIR), or in tempfile's directory where that was not writable."""
+    for base in dict.fromkeys((tempfile.gettempdir(), IO_DIR)):
         try:
-            if os.stat(path).st_uid == os.getuid():
-                shutil.rmtree(path)
+            names = os.listdir(base)
         except OSError:
             continue
+        for name in names:
+            owner = abi.run_dir_owner(name)
+            path = os.path.join(base, name)
+            if owner is None or psutil.pid_exists(owner):
+                continue
+            try:
+                st = os.lstat(path)
+                if st.st_uid == os.getuid() and stat.S_ISDIR(st.st_mode):  # lstat: never a symlink's target
+                    shutil.rmtree(path)
+            except OSError:
+                continue
 
 
 def remove_stale_segments() -> list[str]:

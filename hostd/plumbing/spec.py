@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 
 from hostd.plumbing import backend, calibration
 from hostd.plumbing.backend import add_backend_option
 from hostd.plumbing.errors import UsageError
+from irqsrc.sources import io_base_dir
 from vcpu.guest import WORKLOADS
 from vcpu.policy import PolicySpec
 
@@ -19,6 +21,9 @@ DEFAULT_RR_SERVICE_US = 20
 DEFAULT_TICK_HZ = 2.5  # per vCPU: the seed's idle 4-vCPU Linux guest halts ~10 times/s
 SAFETY_TIMEOUT_MS = 1000
 MAX_CPU = 65535  # bounds --cpus ranges before they become lists
+# Filesystems that complete an O_DSYNC write in memory: a run writing there measures no disk.
+VOLATILE_FS = ("tmpfs", "ramfs")
+MOUNTINFO = "/proc/self/mountinfo"
 
 
 @dataclass
@@ -32,7 +37,9 @@ class VmSpec:
     overcommit: bool
     interval_ns: int = DEFAULT_INTERVAL_US * 1000
     tick_hz: float = DEFAULT_TICK_HZ
-    io_file: str | None = None
+    io_file: str | None = None  # --io-file; hostd sets it to the default file when it makes one (Vm.start)
+    io_dir: str | None = None  # the private directory hostd made for the default io file, or None
+    io_fs: str | None = None  # the filesystem type the io file is on, as /proc/self/mountinfo says
     io_service_ns: int | None = None
     duration_s: float | None = None
     sample_capacity: int = 1 << 20
@@ -40,6 +47,7 @@ class VmSpec:
     shm: str = ""
     backend: str = "emu"  # "emu": emulated halt polling; "kvm": a real KVM VM per vCPU (DESIGN §9)
     irqfds: list[int] | None = None  # kvm: one eventfd per vCPU, the device's irqfd into that VM
+    submit_fds: list[int] | None = None  # io, rr: one eventfd per vCPU, its submit notify to the device
     calibration: dict | None = None  # emu: the profile applied (calibration.Profile.to_dict()), or None
     extra: dict = field(default_factory=dict)
 
@@ -47,6 +55,87 @@ class VmSpec:
         d = asdict(self)
         d["policy"] = self.policy.to_dict()
         return d
+
+    def real_io(self) -> bool:
+        """The device does real O_DSYNC writes to a file (io without --io-service-ns)."""
+        return self.workload == "io" and self.io_service_ns is None
+
+    def io_summary(self) -> dict:
+        """The result's spec.io: the file as given ("(temp file)" for the default), the directory
+        it was in and that directory's filesystem type, so a reader sees what the writes measured."""
+        given = self.io_file if self.io_dir is None else None
+        where = os.path.dirname(self.io_dir) if self.io_dir else (
+            os.path.dirname(os.path.abspath(given)) if given else None)
+        return {"file": given or "(temp file)", "dir": where, "fs": self.io_fs, "service_ns": self.io_service_ns}
+
+
+def _unescape(field_: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash in paths as octal (\\040)."""
+    for code, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field_ = field_.replace(code, ch)
+    return field_
+
+
+def fs_type(path: str, mountinfo: str = MOUNTINFO) -> str | None:
+    """The type of the filesystem `path` is on (it need not exist yet): the mount with the longest
+    mount point containing it, the last mounted where several share one. None if unknown."""
+    target = os.path.realpath(path)
+    best, best_len = None, -1
+    try:
+        with open(mountinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        mount = _unescape(fields[4])
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= best_len:
+            best, best_len = right.split()[0], len(mount)
+    return best
+
+
+_warned: set[str] = set()
+
+
+def warn_if_volatile(path: str, what: str) -> str | None:
+    """One line on stderr, once per process and path, if `path` is on a filesystem that ignores
+    O_DSYNC (the run goes on). Returns the filesystem type."""
+    fs = fs_type(path)
+    if fs in VOLATILE_FS and path not in _warned:
+        _warned.add(path)
+        sys.stderr.write(f"hostd: warning: {what} is on {fs}, which ignores O_DSYNC: "
+                         "the writes measure memory, not a disk\n")
+    return fs
+
+
+def default_io_dir() -> str:
+    """The directory the default io file's private directory goes in, warned about if volatile."""
+    base = io_base_dir()
+    warn_if_volatile(base, f"the default io file's directory {base}")
+    return base
+
+
+def check_io_file(path: str) -> None:
+    """Refuse an --io-file the device could not open for O_DSYNC writes, as the device opens it
+    (read-write, created if missing). A file this check creates is removed again."""
+    flags = os.O_RDWR | os.O_DSYNC | os.O_CLOEXEC
+    try:
+        try:
+            fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
+        except FileExistsError:
+            fd, created = os.open(path, flags), False
+    except OSError as exc:
+        raise UsageError(f"--io-file: cannot write {path!r}: {exc.strerror or exc}") from None
+    os.close(fd)
+    if created:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def add_vm_options(p: argparse.ArgumentParser) -> None:
@@ -74,7 +163,8 @@ def add_vm_options(p: argparse.ArgumentParser) -> None:
                    help=f"idle: timer ticks per second per vCPU (default {DEFAULT_TICK_HZ}, a NOHZ Linux "
                    "guest; 100 for a Windows-like guest)")
     w.add_argument("--io-file", metavar="PATH",
-                   help="io: file the device writes with O_DSYNC (default: a temp file on the host disk)")
+                   help="io: file the device writes with O_DSYNC (default: a temp file on the host disk, "
+                   "under /var/tmp, not /tmp, which is tmpfs on many laptops; a file on tmpfs is warned about)")
     w.add_argument("--io-service-ns", metavar="NS",
                    help="io: model each write as this many ns of device time instead of a real write")
     w.add_argument("--rr-service-us", default=str(DEFAULT_RR_SERVICE_US), metavar="US",
@@ -165,11 +255,12 @@ def vm_spec_from_args(args: argparse.Namespace, policy: PolicySpec, vm: str = "v
     elif args.rr_bare:
         raise UsageError("--rr-bare: only with --workload rr")
     if args.io_file is not None:
-        parent = os.path.dirname(os.path.abspath(args.io_file))
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise UsageError(f"--io-file: cannot create a file in {parent!r}")
-        if os.path.isdir(args.io_file):
-            raise UsageError(f"--io-file: {args.io_file!r} is a directory")
+        check_io_file(args.io_file)  # before any process starts: one line and exit 2
+    if args.workload == "io" and io_service_ns is None:
+        if args.io_file is not None:
+            warn_if_volatile(args.io_file, f"--io-file {args.io_file}")
+        else:
+            default_io_dir()
     return VmSpec(
         vm=vm,
         vcpus=vcpus,

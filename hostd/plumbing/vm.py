@@ -1,7 +1,8 @@
 """One VM-like process group: segment, device, vCPUs; started, measured, stopped, torn down.
 
 `close()` is the one teardown path and runs on every exit (normal, error, signal, a dead
-child): it kills what still runs, reaps it, unlinks the segment and removes the run dir.
+child): it kills what still runs, reaps it, unlinks the segment and removes the run dir (and the default
+io file's directory, which lives on a disk-backed filesystem, not in the run dir: see spec.default_io_dir).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import zmq
 
 from hostd.plumbing import hoststats, signals
 from hostd.plumbing.backend import KVM_UNKNOWN
-from hostd.plumbing.spec import VmSpec
+from hostd.plumbing.spec import VmSpec, default_io_dir, fs_type
 from vcpu import abi, kvm_trace
 
 READY_TIMEOUT_S = 20.0
@@ -80,6 +81,7 @@ class Vm:
         self._shm: shared_memory.SharedMemory | None = None
         self.words: memoryview | None = None
         self.run_dir = ""
+        self.io_dir = ""  # the default io file's private directory, made by start() (io only)
         self._ctx = zmq.Context()
         self._ctl: zmq.Socket | None = None
         self._kicks: list[zmq.Socket] = []
@@ -93,6 +95,12 @@ class Vm:
         spec.shm = abi.segment_name(os.getpid())
         with signals.deferred():  # each exists only once close() can see it
             self.run_dir = tempfile.mkdtemp(prefix=abi.run_dir_prefix(spec.vm, os.getpid()))  # mode 0700
+            if spec.real_io() and (spec.io_file is None or spec.io_dir is not None):
+                # The default io file: in a directory of its own (mode 0700) on a disk-backed
+                # filesystem, named by owner as the run dir is, so the orphan sweep finds it too.
+                self.io_dir = tempfile.mkdtemp(prefix=abi.run_dir_prefix(spec.vm, os.getpid()),
+                                               dir=default_io_dir())
+                spec.io_dir, spec.io_file = self.io_dir, os.path.join(self.io_dir, "disk.img")
             self._shm = shared_memory.SharedMemory(spec.shm, create=True, size=abi.segment_size(spec.vcpus))
         w = self.words = self._shm.buf.cast("Q")
         w[abi.H_MAGIC] = abi.MAGIC
@@ -106,22 +114,26 @@ class Vm:
             w[b + abi.HALT_POLL_NS_SHRINK] = p.halt_poll_ns_shrink
             w[b + abi.RATE_MILLIHZ] = round(spec.tick_hz * 1000)
             w[b + abi.PARAM_GEN] = 1
+        spec.io_fs = fs_type(spec.io_file) if spec.real_io() else None
         if spec.backend == "kvm":
             # One eventfd per vCPU: that VM's irqfd, written by the device process, which thereby
             # injects into a VM it never opened. Children inherit them under the same numbers.
             spec.irqfds = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(spec.vcpus)]
+        if spec.workload in ("io", "rr"):
+            # One submit eventfd per vCPU (DESIGN §3 Submit): the guest's notify, the device's wait.
+            spec.submit_fds = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(spec.vcpus)]
         with open(os.path.join(self.run_dir, abi.SPEC_FILE), "wb") as f:
             f.write(msgpack.packb(spec.to_wire()))
         self._ctl = self._ctx.socket(zmq.PULL)
         self._ctl.bind(abi.control_endpoint(self.run_dir))
-        fds = spec.irqfds or []
+        irqfds, submit_fds = spec.irqfds or [], spec.submit_fds or []
         try:
-            self._spawn("irqsrc", ["-m", "irqsrc", "--run-dir", self.run_dir], pass_fds=fds)
+            self._spawn("irqsrc", ["-m", "irqsrc", "--run-dir", self.run_dir], pass_fds=irqfds + submit_fds)
             for i in range(spec.vcpus):
                 self._spawn(f"vcpu{i}", ["-m", "vcpu", "--run-dir", self.run_dir, "--index", str(i)], i,
-                            pass_fds=fds[i:i + 1])
+                            pass_fds=irqfds[i:i + 1] + submit_fds[i:i + 1])
         finally:
-            for fd in fds:  # the children hold their own now
+            for fd in irqfds + submit_fds:  # the children hold their own now
                 os.close(fd)
         if self.pin_host and spec.device_cpu is not None:
             # hostd itself stays on the housekeeping CPU, off the vCPUs' cores.
@@ -224,6 +236,10 @@ class Vm:
             out[name] = list(w[b + off : b + off + abi.HIST_BUCKETS])
         return out
 
+    def submitted(self, index: int) -> int:
+        """The submits vCPU `index` put in its ring (the ring's head)."""
+        return self.words[abi.slot_base(index) + abi.RING_HEAD]
+
     def set_param(self, name: str, value: int) -> None:
         """Live module parameter: used from the next halt on (the vCPU sees PARAM_GEN move)."""
         abi.set_param(self.words, self.spec.vcpus, name, value)
@@ -294,6 +310,8 @@ class Vm:
                 self._shm.unlink()
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.io_dir:
+            shutil.rmtree(self.io_dir, ignore_errors=True)
         if self.pin_host:
             os.sched_setaffinity(0, self._affinity)
 
