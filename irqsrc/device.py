@@ -94,25 +94,31 @@ class Device:
 
     def _wait(self, timeout_s: float) -> None:
         """Sleep until a submit or a control message (or the timeout); take every submit signalled.
-        ZeroMQ's fd is edge-like: waited on only right after _drain found the socket empty."""
+
+        ZeroMQ's fd is edge-like: safe to wait on only once _drain found the socket empty, and it
+        then stays readable until the next _drain. So the socket is drained only when epoll names
+        it: a ZEVENTS look costs ~2.6 us here, which every write would otherwise pay twice."""
         for fd, _ in self.epoll.poll(timeout_s):
             index = self.submit_of.get(fd)
-            if index is not None:
-                try:
-                    signalled = os.eventfd_read(fd)
-                except BlockingIOError:
-                    continue
-                self.rings.take(index, signalled, self.io_queue)
+            if index is None:
+                self._drain()
+                continue
+            try:
+                signalled = os.eventfd_read(fd)
+            except BlockingIOError:
+                continue
+            self.rings.take(index, signalled, self.io_queue)
 
     def serve(self) -> None:
         now = time.monotonic_ns
         inject = self.injector.inject
         queue = self.io_queue
+        self._drain()
         while True:
-            self._drain()
             if self.stopping:
                 return
             if self.bare_io and self.running:
+                self._drain()  # it never waits: look for the stop on every write
                 if not self.bare_writes:
                     self.bare_ns[0] = now()
                 self.io.write()

@@ -147,6 +147,7 @@ def test_seed_profile_follows_from_the_quoted_figures():
     assert seed.costs == {
         "vm_exit_ns": 0, "poll_wake_ns": with_poll, "timer_poll_wake_ns": with_poll, "running_inject_ns": 0,
         "block_wake_ns": without_poll, "timer_block_wake_ns": without_poll, "submit_exit_ns": 0,
+        "isr_exit_ns": 0, "timer_isr_exit_ns": 0,
         "block_penalty_ns": without_poll - with_poll, "timer_block_penalty_ns": without_poll - with_poll,
     }
     assert seed.detail["timer_cycles_with_poll"] == SEED["timer_cycles_with_poll"]

@@ -18,24 +18,28 @@ class Costs(NamedTuple):
     block_entry_ns: int = 0  # entry + injection after a block: the kernel's blocked wake less the
     timer_block_entry_ns: int = 0  # scheduler's own penalty, which our block path pays for real
     running_ns: int = 0      # an interrupt for a vCPU in guest mode (idle=poll, a guest poll): a kick out and in
-    eoi_ns: int = 0          # the ISR's EOI: one more exit round trip per interrupt taken
+    eoi_ns: int = 0          # after a device interrupt's ISR: its EOI's exit and the rest of the guest's way to
+                             # its next halt, as the kernel's guest took it (less the submit, spent apart)
     arm_ns: int = 0          # writing IA32_TSC_DEADLINE: an exit round trip
     submit_ns: int = 0       # the io and rr submit: a port write the kernel turns into an eventfd signal
                              # (KVM_IOEVENTFD), exit to re-entry
+    timer_eoi_ns: int = 0    # eoi_ns for the TSC-deadline ISR (less the next arm, spent apart)
 
     @classmethod
     def of(cls, exit_cost_ns: int, profile_costs: dict | None) -> Costs:
         """profile_costs: a profile's costs_ns (None: the raw emulator, plus the flat model if any).
         A round trip's exit half is spent at the halt; its entry half is inside the wake costs."""
         c = dict.fromkeys(("vm_exit_ns", "poll_wake_ns", "timer_poll_wake_ns", "running_inject_ns", "submit_exit_ns",
-                           "block_wake_ns", "block_penalty_ns", "timer_block_wake_ns", "timer_block_penalty_ns"), 0)
+                           "block_wake_ns", "block_penalty_ns", "timer_block_wake_ns", "timer_block_penalty_ns",
+                           "isr_exit_ns", "timer_isr_exit_ns"), 0)
         c.update(profile_costs or {})
         half = exit_cost_ns // 2
         trip = c["vm_exit_ns"]
         return cls(half + trip // 2, half + c["poll_wake_ns"], half + c["timer_poll_wake_ns"],
                    half + max(0, c["block_wake_ns"] - c["block_penalty_ns"]),
                    half + max(0, c["timer_block_wake_ns"] - c["timer_block_penalty_ns"]),
-                   c["running_inject_ns"], trip, trip, c["submit_exit_ns"])
+                   c["running_inject_ns"], max(0, c["isr_exit_ns"] - c["submit_exit_ns"]), trip,
+                   c["submit_exit_ns"], max(0, c["timer_isr_exit_ns"] - trip))
 
 
 def spin_until(end_ns: int) -> None:

@@ -355,7 +355,8 @@ class VCpu:
             self._wake(t, t0, why, path)
             return True
         self._wake(self._enter(t, path), t0, why, path)
-        spin_ns(self.costs.eoi_ns)  # the ISR's EOI
+        # The ISR's EOI, and the guest's way on to its next halt, as the kernel's guest paid them.
+        spin_ns(self.costs.timer_eoi_ns if why == TIMER else self.costs.eoi_ns)
         return True
 
     def _enter(self, t: int, path: int) -> int:

@@ -13,6 +13,9 @@ median over --repeat rounds, the rounds interleaved so drift hits every probe al
 - running_inject_ns:   the same into an idle=poll guest, which never leaves guest mode;
 - timer_poll_wake_ns,
   timer_block_wake_ns: TSC deadline -> guest ISR with the 2 ms cap and with cap 0;
+- isr_exit_ns,
+  timer_isr_exit_ns:   in those two polled probes, the guest's own time from its ISR's first rdtsc
+                       to its next halt: the EOI's exit and the next submit's (io) or arm's (timer);
 - block_penalty_ns,
   timer_block_penalty_ns: the scheduler's part of those two blocked wakes, as bare processes on
                        the same CPUs pay it (hostd/experiments/sched_probe.py).
@@ -65,6 +68,8 @@ SOURCES = {
     "running_inject_ns": ("io, idle=poll guest", "wake_ns_p50"),
     "timer_poll_wake_ns": ("timer, poll cap 2 ms", "wake_ns_p50"),
     "timer_block_wake_ns": ("timer, cap 0", "wake_ns_p50"),
+    "isr_exit_ns": ("io, poll cap 2 ms", "isr_ns_p50"),
+    "timer_isr_exit_ns": ("timer, poll cap 2 ms", "isr_ns_p50"),
     "block_penalty_ns": ("scheduler, cross-CPU wake", "p50_ns"),
     "timer_block_penalty_ns": ("scheduler, own timer", "p50_ns"),
 }

@@ -18,7 +18,7 @@ import numpy as np
 
 from hostd.plumbing import hoststats
 from irqsrc.irqfd import IrqfdInjector
-from irqsrc.sources import WriteDevice
+from irqsrc.sources import WriteDevice, io_base_dir
 from vcpu import abi, kvm_api
 from vcpu.kvm_vm import KvmVm, catch_stop_signal
 
@@ -72,10 +72,19 @@ def run_for(vm: KvmVm, seconds: float, on_submit=None, device: list[int] = ()) -
     }
 
 
-def _samples(vm: KvmVm) -> np.ndarray:
+def _samples(vm: KvmVm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The guest's ring, in its cycles: (wake - event, event - HLT, the wake TSC) per interrupt."""
     lat = np.zeros(1 << 20, np.int64)
-    n, _ = vm.drain(lat, np.zeros_like(lat), np.zeros_like(lat), 0)
-    return lat[:n]
+    halt, wake = np.zeros_like(lat), np.zeros_like(lat)
+    n, _ = vm.drain(lat, halt, wake, 0)
+    return lat[:n], halt[:n], wake[:n]
+
+
+def _isr_ns_p50(lat: np.ndarray, halt: np.ndarray, wake: np.ndarray, tsc_khz: int) -> int | None:
+    """p50 of the guest's own time from an ISR's first rdtsc to its next halt (the HLT's rdtsc is
+    the next entry's event - halt): the EOI's exit, and the next submit's or arm's."""
+    hlt = wake - lat - halt
+    return _p50_ns(hlt[1:] - wake[:-1], tsc_khz) if lat.size > 1 else None
 
 
 def _p50_ns(cycles: np.ndarray, tsc_khz: int) -> int | None:
@@ -87,8 +96,9 @@ def timer(cap_ns: int, seconds: float, interval_us: int = INTERVAL_US) -> dict:
     vm = KvmVm("timer", False, cap_ns, interval_ns=interval_us * 1000)
     try:
         r = run_for(vm, seconds)
-        cycles = _samples(vm)
+        cycles, halt, wake = _samples(vm)
         r["wake_ns_p50"] = _p50_ns(cycles, vm.tsc_khz)
+        r["isr_ns_p50"] = _isr_ns_p50(cycles, halt, wake, vm.tsc_khz)
     finally:
         vm.close()
     r["cycles_p50"] = int(np.median(cycles)) if cycles.size else None
@@ -104,7 +114,8 @@ def io(cap_ns: int, seconds: float, spin: bool = False, service_ns: int | None =
     words = memoryview(seg).cast("Q")
     efd = os.eventfd(0, os.EFD_CLOEXEC)
     submit = os.eventfd(0, os.EFD_CLOEXEC)
-    disk = tempfile.TemporaryDirectory(prefix="hpemu-probe-")  # ours: the device is killed, not closed
+    # Ours, on the disk the device's default file is on: the device is killed, not closed.
+    disk = tempfile.TemporaryDirectory(prefix="hpemu-probe-", dir=io_base_dir())
     pid = os.fork()
     if pid == 0:  # the device: never touches KVM
         try:
@@ -122,8 +133,9 @@ def io(cap_ns: int, seconds: float, spin: bool = False, service_ns: int | None =
         vm = KvmVm("io", spin, cap_ns, irqfd=efd, shared=words, submit_eventfd=submit,
                    inject_offset=abi.byte_offset(abi.slot_base(0) + abi.INJECT_TSC))
         r = run_for(vm, seconds, device=[pid])
-        lat = _samples(vm)
+        lat, halt, wake = _samples(vm)
         ns = _p50_ns(lat, vm.tsc_khz)
+        r["isr_ns_p50"] = _isr_ns_p50(lat, halt, wake, vm.tsc_khz)
         r["wake_ns_p50"] = ns
         r["wake_us_p50"] = None if ns is None else round(ns / 1000, 1)
     finally:

@@ -30,6 +30,9 @@ COSTS = (
     ("timer_block_wake_ns", "TSC-deadline expiry to ISR when the vCPU had blocked"),
     ("submit_exit_ns", "guest port write to the submit port, a KVM_IOEVENTFD: the exit handled in the kernel, "
                        "the eventfd signalled, the guest resumed: the io and rr workloads' submit"),
+    ("isr_exit_ns", "the guest's own time from its device ISR to its next halt on io (the PIC EOI's exit, iret, "
+                    "the next submit's exit) with a 2 ms cap: what an interrupt costs the guest after it is taken"),
+    ("timer_isr_exit_ns", "the same for the TSC-deadline ISR (the x2APIC EOI's wrmsr, iret, the next deadline's wrmsr)"),
     ("block_penalty_ns", "the scheduler's block penalty: a process blocked on the vCPU's CPU woken from the "
                          "device's CPU (any process pays it; the emulator's block path does, for real)"),
     ("timer_block_penalty_ns", "the same for a process sleeping to a deadline on its own CPU (its hrtimer)"),
