@@ -81,7 +81,7 @@ class Device:
             self.greeted.add(msg[1])
 
     def await_greetings(self, n: int) -> None:
-        """Ready only once every vCPU's request path is proven to reach us."""
+        """Ready only once every vCPU's greeting reached us: its control path is connected."""
         self.req.setsockopt(zmq.RCVTIMEO, abi.HELLO_TIMEOUT_MS)
         while len(self.greeted) < n:
             self._handle(msgpack.unpackb(self.req.recv()))

@@ -62,30 +62,33 @@ def _segments(pid: int) -> list[str]:
     return [n for n in os.listdir("/dev/shm") if f".{pid}." in n]
 
 
-def test_bench_quick(tmp_path: Path) -> None:
+def _run_tagged(argv: list[str], timeout: float) -> tuple[subprocess.Popen, str, str, list[int], list[str]]:
+    """Run `python -m ARGV...` with a tag in its environment. Whatever it left is removed and
+    returned: the processes carrying the tag (killed) and the segments it owned (unlinked)."""
     tag = uuid.uuid4().hex
-    env = {**os.environ, "HPBENCH_TEST_TAG": tag}
-    out = tmp_path / "bench.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench", "--quick", "--json", "--out", str(out)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=ROOT, env={**os.environ, "HPBENCH_TEST_TAG": tag},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        stdout, stderr = proc.communicate(timeout=90)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         stdout, stderr = proc.communicate()
-        raise AssertionError(f"bench --quick took too long; stderr tail:\n{stderr[-2000:]}")
+        raise AssertionError(f"{argv[0]} did not finish in {timeout} s; stderr tail:\n{stderr[-2000:]}")
     finally:
         left = _tagged_pids(tag)
         _kill(left)
         segs = _segments(proc.pid)
-        for s in segs:
+        for name in segs:
             try:
-                os.unlink(f"/dev/shm/{s}")
+                os.unlink(f"/dev/shm/{name}")
             except OSError:
                 pass
+    return proc, stdout, stderr, left, segs
 
+
+def test_bench_quick(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc, stdout, stderr, left, segs = _run_tagged(["bench", "--quick", "--json", "--out", str(out)], 90)
     assert not left, f"processes left behind: {left}"
     assert not segs, f"/dev/shm segments left behind: {segs}"
     assert proc.returncode == 0, f"exit {proc.returncode}; stderr tail:\n{stderr[-2000:]}"
@@ -166,20 +169,8 @@ def test_vmm_floor_refuses_without_kvm() -> None:
 def test_vmm_floor_short(kvm, tmp_path: Path) -> None:
     """One second of the floor (KVM_IOEVENTFD submit, cap 0): it made writes, finished on time,
     and left no process and no file behind."""
-    tag = uuid.uuid4().hex
-    env = {**os.environ, "HPBENCH_TEST_TAG": tag}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.vmm_floor", "--seconds", "1", "--json",
-                             "--io-dir", str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        stdout, stderr = proc.communicate()
-        raise AssertionError(f"the floor did not stop; stderr:\n{stderr[-2000:]}")
-    finally:
-        left = _tagged_pids(tag)
-        _kill(left)
+    proc, stdout, stderr, left, segs = _run_tagged(["bench.vmm_floor", "--seconds", "1", "--json",
+                                                    "--io-dir", str(tmp_path)], 30)
     assert not left, f"processes left behind: {left}"
     assert proc.returncode == 0, stderr
     r = json.loads(stdout)
@@ -188,4 +179,4 @@ def test_vmm_floor_short(kvm, tmp_path: Path) -> None:
     assert r["writes"] > 0 and r["writes_per_s"] > 0, r
     assert r["halt_exits"] >= r["writes"] - 1, r  # the guest halts for each completion (no poll at cap 0)
     assert list(tmp_path.iterdir()) == [], "the O_DSYNC file was left behind"
-    assert not _segments(proc.pid)
+    assert not segs
