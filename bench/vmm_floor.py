@@ -284,7 +284,7 @@ def measure(cap_ns: int, seconds: float, pipe: bool = False, io_dir: str = DEFAU
                 sys.stderr.write(f"vmm_floor: the device exited with {code}\n")
         if old_handler is not None:
             signal.signal(STOP_SIGNAL, old_handler)
-        del run
+        run = None  # the kvm_run view holds the mapping: dropped before the close
         if run_map is not None:
             run_map.close()
         for fd in reversed(fds):

@@ -139,6 +139,7 @@ class Device:
                 pass
             for index in self.ticks.pop_due(now()):
                 inject(index)
+            self._drain()  # ticks due this close together never let us wait: look for the stop here
 
     def report(self) -> dict:
         return {

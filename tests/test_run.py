@@ -126,3 +126,15 @@ def test_processes_name_themselves(hostd):
     assert want <= names
     p.communicate(timeout=30)
     assert p.returncode == 0
+
+
+def test_a_device_busy_with_ticks_still_hears_the_stop(hostd):
+    """Ticks closer together than the device's spin window never let it sleep in epoll, where it
+    otherwise looks at its control socket: it must look after firing them too, or the stop is missed."""
+    import time
+
+    t0 = time.monotonic()
+    r = hostd.run_json("run", "--vcpus", "1", "--workload", "idle", "--tick-hz", "20000", "--policy", "fixed",
+                       "--halt-poll-ns", "100000", "--duration", "1", timeout=60)
+    assert r["checks"]["ok"] and r["vcpus"][0]["stats"]["irq_injected"] > 5_000
+    assert time.monotonic() - t0 < 15  # a missed stop waits out the 10 s report timeout, then fails
