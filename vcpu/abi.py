@@ -75,7 +75,7 @@ COUNTERS = (
     "guest_halt_poll_ns",  # the guest governor's current poll_limit_ns
     "guest_poll_ns",       # time spent polling inside the guest
     "idle_periods",        # times the guest went idle (halted or guest-polled)
-    "timer_local",         # timer expiries the vCPU saw itself while polling
+    "timer_local",         # guest timer expiries the vCPU took on its own timer (polling or blocked)
     "ops",                 # workload operations completed (io writes, timer wakes, ticks)
     "samples_dropped",     # wake samples beyond the recording buffer
     "ring_full",           # submits that found the ring full: a protocol bug, fails the exactly-once check

@@ -55,7 +55,7 @@ HELP = {
     "guest_halt_poll_success": "guest polls an interrupt ended (no HLT exit)",
     "guest_halt_poll_fail": "guest polls that ran out, followed by HLT",
     "idle_periods": "times the guest went idle (halted or guest-polled)",
-    "timer_local": "timer expiries the vCPU saw itself while polling",
+    "timer_local": "guest timer expiries the vCPU took on its own timer, polling or blocked (as KVM's LAPIC hrtimer)",
     "ops": "workload operations completed (io writes, timer wakes, ticks)",
     "samples_dropped": "wake samples beyond the recording buffer",
 }
