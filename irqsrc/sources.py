@@ -74,22 +74,14 @@ def io_base_dir() -> str:
 
 class WriteDevice:
     """Synchronous block writes: real `pwrite` on an O_DSYNC file, or a modelled service time.
-
-    path None: a file in a private directory of our own under io_base_dir(), named by this process
-    as hostd's run directories are (abi.run_dir_prefix), so the orphan sweep removes it if we die."""
+    The file's owner makes and removes its directory (hostd: Vm.start and close)."""
 
     def __init__(self, path: str | None, service_ns: int | None) -> None:
         self.service_ns = service_ns
         self.service_times_ns = Ring()
-        self._tmpdir = None
         self.fd = -1
         if service_ns is None:
-            if path is None:
-                self._tmpdir = tempfile.TemporaryDirectory(prefix=abi.run_dir_prefix("io", os.getpid()),
-                                                           dir=io_base_dir())
-                path = os.path.join(self._tmpdir.name, "disk.img")
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DSYNC, 0o600)
-            self.path = path
         self.buf = os.urandom(BLOCK)
         self.block = 0
 
@@ -107,5 +99,3 @@ class WriteDevice:
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()

@@ -16,8 +16,7 @@ def _run_for(vm: KvmVm, seconds: float) -> None:
     t = threading.Timer(seconds, vm.stop, (main,))
     t.start()
     try:
-        while vm.enter() != kvm_api.KVM_EXIT_INTR:
-            pass
+        vm.enter()
     finally:
         t.join()
 

@@ -19,8 +19,9 @@ A sample spans, in guest TSC cycles: timer, the armed IA32_TSC_DEADLINE to the I
 its eventfd write to the ISR's first `rdtsc`, the device's stamp moved into guest time with the
 vCPU's TSC offset (P_TSC_OFFSET). No exit to the VMM lies inside either span.
 
-The waits: `idle` halts until the next tick; `io` submits a write with `out 10h` (an exit to
-the VMM, which forwards it to the device) and halts until its completion; `timer` arms the
+The waits: `idle` halts until the next tick; `io` submits a write with `out 10h` (a
+KVM_IOEVENTFD: the kernel signals the device's eventfd and re-enters, as for a virtio notify) and
+halts until its completion; `timer` arms the
 TSC deadline with IF clear, then `sti; hlt`. With P_SPIN set (policy idle-poll) the guest spins
 with interrupts enabled instead of halting.
 """
@@ -105,7 +106,7 @@ idle:
 1073  ebf6            jmp short 106Bh          ; -> idle
 io:
 1075  668b1e0006      mov ebx,[600h]
-107a  e610            out 10h,al               ; submit one write: exit to the VMM
+107a  e610            out 10h,al               ; submit one write: an ioeventfd exit
 107c  e82e00          call 10ADh               ; -> wait for its completion
 107f  ebf4            jmp short 1075h          ; -> io
 timer:
@@ -192,7 +193,7 @@ exits:
 1172  66ff060006      inc dword [600h]         ; G_COUNT: exits made
 1177  ebf4            jmp short 116Dh          ; -> exits
 ports:
-1179  e610            out 10h,al               ; calibrate: back-to-back exits to the VMM
+1179  e610            out 10h,al               ; calibrate: back-to-back ioeventfd exits
 117b  66ff060006      inc dword [600h]         ; G_COUNT: port writes made
 1180  ebf7            jmp short 1179h          ; -> ports
 """

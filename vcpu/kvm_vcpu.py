@@ -142,12 +142,8 @@ class KvmVcpu:
         pub = threading.Thread(target=self._publisher, args=(threading.get_ident(),), name="publisher")
         pub.start()
         try:
-            while True:
-                reason = vm.enter()
-                if reason != kvm_api.KVM_EXIT_INTR:
-                    raise RuntimeError("the guest's submit reached user space: its KVM_IOEVENTFD is missing")
-                if self.stopping.is_set():
-                    break
+            while not self.stopping.is_set():
+                vm.enter()  # a signal ends it: the stop, or one meant for another thread
         finally:
             self.stopping.set()  # on our own failure too: the publisher ends
             pub.join()

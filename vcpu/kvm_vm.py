@@ -11,7 +11,6 @@ import mmap
 import os
 import signal
 import struct
-import time
 
 import numpy as np
 
@@ -72,7 +71,6 @@ class KvmVm:
             self.ring = np.frombuffer(self.ram, np.int64, g.RING_ENTRIES * g.RING_ENTRY // 8, g.RING_GPA).reshape(
                 g.RING_ENTRIES, g.RING_ENTRY // 8)
             self.read_at = 0  # ring entries consumed by drain()
-            self.returned_ns = 0
         except BaseException:
             for fd in self.fds:
                 os.close(fd)
@@ -98,18 +96,15 @@ class KvmVm:
         k.ioctl(self.vcpu, k.KVM_SET_REGS, r)
 
     # --- running ---------------------------------------------------------------------------
-    def enter(self) -> int:
-        """KVM_RUN until the next exit to us: the exit reason, or KVM_EXIT_INTR after a signal
-        or immediate_exit. Raises on an exit the guest never makes."""
+    def enter(self) -> None:
+        """KVM_RUN until a signal or immediate_exit ends it. The guest makes no exit to us (its
+        submit is a KVM_IOEVENTFD the kernel takes), so any exit that does come is raised."""
         r = k.run(self.vcpu)
-        self.returned_ns = time.perf_counter_ns()  # for the VMM's own time per exit
         if r == -errno.EINTR:
-            return k.KVM_EXIT_INTR
+            return
         if r < 0:
             raise OSError(-r, f"KVM_RUN: {os.strerror(-r)}")
         reason = self.run.exit_reason
-        if reason == k.KVM_EXIT_IO and self.run.io.port == g.SUBMIT_PORT and self.run.io.direction == k.KVM_EXIT_IO_OUT:
-            return reason
         rip = k.get_regs(self.vcpu).rip
         raise RuntimeError(f"guest stopped: {k.EXIT_NAMES.get(reason, f'KVM exit reason {reason}')} at rip {rip:#x}")
 

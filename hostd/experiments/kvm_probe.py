@@ -19,7 +19,7 @@ import numpy as np
 from hostd.plumbing import hoststats
 from irqsrc.irqfd import IrqfdInjector
 from irqsrc.sources import WriteDevice, io_base_dir
-from vcpu import abi, kvm_api
+from vcpu import abi
 from vcpu.kvm_vm import KvmVm, catch_stop_signal
 
 INTERVAL_US = 500
@@ -31,10 +31,9 @@ def cpus() -> tuple[int, int]:
     return allowed[0], allowed[-1]
 
 
-def run_for(vm: KvmVm, seconds: float, on_submit=None, device: list[int] = ()) -> dict:
+def run_for(vm: KvmVm, seconds: float, device: list[int] = ()) -> dict:
     """KVM_RUN on the vCPU CPU for `seconds`; a stopper thread ends it with immediate_exit + signal.
-    on_submit: called on each guest port write (None: re-enter at once); device: pids whose CPU is
-    ours, not a neighbour's."""
+    device: pids whose CPU is ours, not a neighbour's."""
     house, vcpu_cpu = cpus()
     main = threading.get_ident()
     catch_stop_signal()
@@ -49,14 +48,8 @@ def run_for(vm: KvmVm, seconds: float, on_submit=None, device: list[int] = ()) -
     busy0, own0 = hoststats.cpu_busy_s([house, vcpu_cpu]), hoststats.own_cpu_s(list(device))
     t0 = time.monotonic_ns()
     stop.start()
-    exits = exit_ns = 0
-    now = time.perf_counter_ns
     try:
-        while vm.enter() != kvm_api.KVM_EXIT_INTR:
-            if on_submit is not None:
-                on_submit()
-            exits += 1
-            exit_ns += now() - vm.returned_ns
+        vm.enter()
     finally:
         stop.join()
         os.sched_setaffinity(0, [house, vcpu_cpu])
@@ -68,7 +61,6 @@ def run_for(vm: KvmVm, seconds: float, on_submit=None, device: list[int] = ()) -
         "seconds": window, "delivered": vm.delivered(), "foreign_load": round(foreign, 3),
         "halt_exits": st["halt_exits"], "halt_attempted_poll": st["halt_attempted_poll"],
         "halt_successful_poll": st["halt_successful_poll"],
-        "vmm_exit_ns_mean": exit_ns / exits if exits else None,
     }
 
 
@@ -160,7 +152,7 @@ def loop(probe: str, seconds: float) -> dict:
     try:
         vm = KvmVm(probe, False, 0, submit_eventfd=efd)
         r = run_for(vm, seconds)
-        if efd is not None:  # each write signalled it: the exits were the kernel's (vmm_exit_ns_mean None)
+        if efd is not None:  # each write signalled it: the exits were the kernel's
             try:
                 r["eventfd_count"] = os.eventfd_read(efd)
             except BlockingIOError:
