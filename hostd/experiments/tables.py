@@ -221,7 +221,8 @@ def aggregate(runs: list[dict], backend: str = "emu") -> dict:
             for r in rs:
                 ref = host.get(r["repeat"])
                 if ref and r["metrics"]["rtt_mean_us"] and ref["metrics"]["rtt_mean_us"]:
-                    pct.append(100.0 * ref["metrics"]["rtt_mean_us"] / r["metrics"]["rtt_mean_us"])
+                    # The ratio first: x / x is exactly 1, where (100 * x) / x may miss 100 by an ulp.
+                    pct.append(100.0 * (ref["metrics"]["rtt_mean_us"] / r["metrics"]["rtt_mean_us"]))
                     ids += [r["id"], ref["id"]]
             ms["pct_of_host"] = {**summarize(pct), "runs": sorted(set(ids))}
         out.setdefault(table, {}).setdefault(row, {})[config] = ms
