@@ -95,16 +95,19 @@ def _halt_stats(stats_fd: int) -> dict:
 
 
 def _cpu_busy_s(cpu_list: list[int]) -> float:
-    """Busy seconds of these CPUs since boot (/proc/stat: user nice system steal)."""
+    """Busy seconds of these CPUs (differences only): elapsed less idle, iowait, irq, softirq. Idle
+    is clocked at idle entry and exit; user/system are tick samples that alias with periodic
+    loads (hostd.plumbing.hoststats.cpu_busy_s says more)."""
     want = {f"cpu{c}" for c in cpu_list}
-    busy = 0
+    idle = 0
+    now = time.monotonic()
     with open("/proc/stat") as f:
         for line in f:
             name, _, rest = line.partition(" ")
             if name in want:
-                v = [int(x) for x in rest.split()[:8]] + [0] * 8
-                busy += v[0] + v[1] + v[2] + v[7]
-    return busy / os.sysconf("SC_CLK_TCK")
+                v = [int(x) for x in rest.split()[:7]] + [0] * 7
+                idle += v[3] + v[4] + v[5] + v[6]
+    return len(want) * now - idle / os.sysconf("SC_CLK_TCK")
 
 
 def _kernel_threads() -> dict[int, int]:

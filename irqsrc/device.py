@@ -53,6 +53,8 @@ class Device:
         self.io = WriteDevice(spec["io_file"], spec["io_service_ns"]) if spec["workload"] in ("io", "rr") else None
         self.io_queue: collections.deque[int] = collections.deque()
         self.rings = SubmitRings(words, n, spec["backend"] != "kvm")
+        self.words = words
+        words[abi.H_DEVICE_AWAKE] = 1
         # One epoll over the control socket and every submit eventfd: a VMM's I/O thread's wait.
         self.epoll = select.epoll()
         self.epoll.register(self.req.getsockopt(zmq.FD), select.EPOLLIN)
@@ -98,7 +100,11 @@ class Device:
         ZeroMQ's fd is edge-like: safe to wait on only once _drain found the socket empty, and it
         then stays readable until the next _drain. So the socket is drained only when epoll names
         it: a ZEVENTS look costs ~2.6 us here, which every write would otherwise pay twice."""
-        for fd, _ in self.epoll.poll(timeout_s):
+        w = self.words
+        w[abi.H_DEVICE_AWAKE] = 0  # a vCPU's poll must not count us as another task wanting a CPU
+        events = self.epoll.poll(timeout_s)
+        w[abi.H_DEVICE_AWAKE] = 1
+        for fd, _ in events:
             index = self.submit_of.get(fd)
             if index is None:
                 self._drain()

@@ -5,13 +5,15 @@ import argparse
 import csv
 import json
 import os
+from io import StringIO
 
 import pytest
 
-from hostd.experiments import compare
+from hostd.experiments import beside_neighbour, compare
 
 from hostd.plumbing import hoststats
 from hostd.plumbing.errors import UsageError
+from hostd.plumbing.neighbour import NeighbourSpec
 
 
 # --- pure aggregation ---------------------------------------------------------------------------
@@ -198,6 +200,56 @@ def test_disturbance_names_its_cause_only_where_it_matters() -> None:
     assert compare.disturbance("idle", "idle-poll", res(0, 0), 0.5) is not None
 
 
+def test_polls_our_neighbour_preempts_are_no_disturbance_but_others_load_still_is() -> None:
+    res = {"vcpus": [{"stats": {"halt_attempted_poll": 1500, "halt_poll_preempted": 1400}}]}
+    assert compare.disturbance("timer", "adaptive", res, 0.05) == "93% of its polls were cut short by preemption"
+    assert compare.disturbance("timer", "adaptive", res, 0.05, ours=True) is None
+    assert compare.disturbance("io", "adaptive", res, 0.6, ours=True) == "other processes used 0.60 of a core beside it"
+
+
+def _neighbour_result(preempted: int, foreign: float) -> dict:
+    """A timer run's §8 result, as far as compare reads it, beside a 50% neighbour."""
+    stats = {"halt_exits": 1500, "halt_attempted_poll": 1500, "halt_successful_poll": 1500 - preempted,
+             "halt_poll_preempted": preempted, "irq_injected": 1500, "irq_delivered": 1500, "irq_coalesced": 0,
+             "lost_wakeup": 0}
+    return {"spec": {"backend": "emu", "policy": "adaptive", "duration_s": 1.0},
+            "vcpus": [{"index": 0, "stats": stats, "guest": {"guest_halt_poll_success": 0, "idle_periods": 1500},
+                       "host": {"cpu_frac": 0.4}, "accounting": {"exactly_once": True}}],
+            "workload": {"name": "timer", "latency_ns": {"p50": 9000, "p99": 30000, "count": 1500},
+                         "latency_cycles": {"p50": 23000}},
+            "neighbour": {"duty": 0.5, "period_ns": 2_000_000, "cpus": [1], "cpu_cores": 0.42,
+                          "alone_cpu_cores": 0.5, "cpu_lost_cores": 0.08},
+            "host_cpus": {"foreign_load": foreign}}
+
+
+@pytest.mark.parametrize("foreign, attempts, disturbed", [(0.0, 1, False), (0.6, compare.MAX_ATTEMPTS, True)])
+def test_a_neighbour_cell_is_not_retried_or_starred_for_the_polls_it_preempts(monkeypatch, foreign, attempts,
+                                                                              disturbed) -> None:
+    """measure_all beside our neighbour: 90% of the polls preempted is the experiment; others' load
+    is still measured again and flagged."""
+    plan = compare.Plan(quick=True, repeat=1, tick_hz=2.5, tsc_khz=2_000_000, out="x",
+                        durations=dict(compare.DURATIONS[True]), neighbours=(NeighbourSpec(0.5, 2_000_000),))
+    job = next(j for j in compare.jobs(plan) if j.neighbour is not None and j.workload == "timer"
+               and j.policy == "adaptive")
+    calls = []
+
+    def fake(plan_, make_spec, what):
+        spec = make_spec()
+        assert spec.neighbour == NeighbourSpec(0.5, 2_000_000) and spec.policy.halt_poll_ns == 2_000_000
+        calls.append(what)
+        return _neighbour_result(1350, foreign), None, foreign
+
+    monkeypatch.setattr(compare, "_measure_cell", fake)
+    monkeypatch.setattr(compare, "jobs", lambda plan_: [job])
+    monkeypatch.setattr(compare, "RETRY_BUDGET", 10.0)  # one cell alone: let the budget allow its retries
+    runs, samples = compare.measure_all(plan, progress=False)
+    (run,) = runs
+    assert len(calls) == attempts and run["disturbed"] is disturbed and not samples
+    assert run["poll_preempted_frac"] == 0.9 and run["metrics"]["polls_preempted_pct"] == 90.0
+    assert run["neighbour"] == {"duty": 0.5, "period_ns": 2_000_000} and run["id"] == "neighbour/50%:2ms/timer/adaptive/r1"
+    assert (run["disturbance"] or "").startswith("other processes") if disturbed else run["disturbance"] is None
+
+
 # --- CLI errors ---------------------------------------------------------------------------------
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -211,10 +263,37 @@ def _args(*argv: str) -> argparse.Namespace:
     (("--tick-hz", "-1"), "--tick-hz"),
     (("--tick-hz", "nan"), "--tick-hz"),
     (("--tsc-khz", "0"), "--tsc-khz"),
+    (("--neighbour", "0"), "--neighbour"),
+    (("--neighbour", "0.5:50us"), "--neighbour"),
 ])
 def test_bad_options_are_usage_errors(argv, msg, tmp_path) -> None:
     with pytest.raises(UsageError, match=msg):
         compare.plan_from_args(_args(*argv, "--out", str(tmp_path / "o")))
+
+
+def test_neighbours_given_are_added_to_the_fourth_experiment_only(tmp_path) -> None:
+    plan = compare.plan_from_args(_args("--neighbour", "25%", "--neighbour", "0.1", "--out", str(tmp_path / "o")))
+    assert plan.neighbours == (NeighbourSpec(0.1, 2_000_000), NeighbourSpec(0.5, 2_000_000),
+                               NeighbourSpec(0.25, 2_000_000))  # the defaults, then each new one once
+    assert plan.neighbour_repeat == 1 and plan.neighbour_duration == 1.0 and plan.repeat == 3
+    cells = beside_neighbour.cells(plan)
+    assert {c.case for c in cells} == {"alone", "10%:2ms", "50%:2ms", "25%:2ms"}
+    assert len(cells) == 4 * 2 * 3  # cases x (timer, io) x (none, adaptive, guest-haltpoll), the emulator alone
+    assert all(spec.neighbour is None for _, e, p, b in plan.cells() for spec in [plan.vm_spec(e, p, b)])
+    quick = compare.plan_from_args(_args("--quick", "--repeat", "2", "--out", str(tmp_path / "o")))
+    assert quick.neighbour_repeat == 2 and quick.neighbour_duration == beside_neighbour.DURATION_S[True]
+    # adaptive capped at 2 ms for the timer, the seed's 2M cycles for io; guest-haltpoll's guest poll alike.
+    assert beside_neighbour.policy_spec(plan, "timer", "adaptive").halt_poll_ns == 2_000_000
+    assert beside_neighbour.policy_spec(plan, "io", "adaptive").halt_poll_ns == plan.fixed_ns
+    g = beside_neighbour.policy_spec(plan, "io", "guest-haltpoll")
+    assert (g.host_policy, g.halt_poll_ns, g.guest_halt_poll_ns) == ("none", 0, plan.fixed_ns)
+
+
+def test_neighbour_only_with_the_seed_table(hostd) -> None:
+    r = hostd.run("compare", "--table", "dyn2015", "--neighbour", "30%", timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--neighbour" in r.stderr and "Traceback" not in r.stderr
+    r = hostd.run("compare", "--neighbour", "2", timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--neighbour" in r.stderr
 
 
 def test_out_must_not_be_a_file(tmp_path, hostd) -> None:
@@ -228,6 +307,46 @@ def test_out_must_not_be_a_file(tmp_path, hostd) -> None:
 
 
 # --- end to end -------------------------------------------------------------------------------------
+
+def check_neighbour_experiment(doc: dict, out) -> None:
+    """The fourth experiment in a quick emulator-only compare: every cell, each run with its neighbour,
+    figures in sane ranges, and the one finding robust to a noisy 2-core machine: the guest's poll,
+    which does not yield, ends more of its idle periods than the host's, which gives way."""
+    nb = doc["neighbour"]
+    runs = [r for r in doc["runs"] if r["experiment"] == beside_neighbour.EXPERIMENT]
+    assert len(runs) == 3 * 2 * 3  # (alone, 10%, 50%) x (timer, io) x (none, adaptive, guest-haltpoll)
+    assert [c["key"] for c in nb["config"]["cases"]] == ["alone", "10%:2ms", "50%:2ms"]
+    assert list(nb["summary"]) == ["alone", "10%:2ms", "50%:2ms"] and nb["kvm"] is None
+    assert nb["config"]["repeat"] == 1 and nb["config"]["duration_s"] == beside_neighbour.DURATION_S[True]
+    for r in runs:
+        case = r["id"].split("/")[1]
+        assert r["neighbour"] == (None if case == "alone" else {"duty": float(case[:2]) / 100, "period_ns": 2_000_000})
+        got = r["result"]["neighbour"]
+        assert (got is None) == (case == "alone") and (got is None or got["duty"] == r["neighbour"]["duty"])
+        assert r["result"]["spec"]["duration_s"] == pytest.approx(nb["config"]["duration_s"], rel=0.2)
+        assert "preemption" not in (r["disturbance"] or "")  # our neighbour's preempting polls is the experiment
+        assert r["result"]["checks"]["ok"]
+    for case, duty in (("10%:2ms", 0.1), ("50%:2ms", 0.5)):
+        for wl in ("timer", "io"):
+            for pol, m in nb["summary"][case][wl].items():
+                alone = m["neighbour_alone_cpu_cores"]["median"]
+                assert 0.3 * duty <= alone <= duty + 0.1, (case, wl, pol, alone)
+                assert -0.2 <= m["neighbour_cpu_lost_cores"]["median"] <= duty, (case, wl, pol)
+                assert 0 < m["vcpu_cpu_cores"]["median"] <= 1.05, (case, wl, pol)
+    t50 = nb["summary"]["50%:2ms"]["timer"]
+    ok = {p: t50[p]["poll_success_pct"]["median"] for p in t50}
+    assert ok["none"] == 0 and ok["guest-haltpoll"] > ok["adaptive"], ok
+    assert t50["adaptive"]["polls_preempted_pct"]["median"] > 0  # the neighbour did cut host polls short
+    assert "Beside a neighbour spinning 50% of 2 ms" in doc["verdict"]
+    assert (out / "neighbour_tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "neighbour_runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(runs)
+    buf = StringIO()
+    compare.print_tables(doc, buf)
+    text = " ".join(buf.getvalue().split())  # rich wraps lines at its width
+    assert "Beside a neighbour: timer" in text and "Beside a neighbour: io" in text and "50% of 2 ms" in text
+    assert "one run of 0.5 s per cell" in text
+
 
 def ordering_violations(doc: dict) -> list[str]:
     """The issue's measured ordering (DESIGN §7's direction, not its magnitudes); [] if it holds."""
@@ -257,7 +376,7 @@ def s_fixed_pct(doc: dict) -> float:
 
 
 def quick_compare(hostd, out) -> dict:
-    r = hostd.run("compare", "--quick", "--out", str(out), "--json", timeout=110)
+    r = hostd.run("compare", "--quick", "--out", str(out), "--json", timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads(r.stdout)
     for run in doc["runs"]:  # let the fixture prove every vCPU process is gone
@@ -265,14 +384,15 @@ def quick_compare(hostd, out) -> dict:
     return doc
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)
 def test_quick_compare_end_to_end(tmp_path, hostd) -> None:
     out = tmp_path / "res"
     doc = quick_compare(hostd, out)
     # The folder is complete, and results.json is what --json printed.
     files = set(os.listdir(out))
     expected = {"results.json", "io.csv", "idle.csv", "timer.csv", "io_runs.csv", "idle_runs.csv",
-                "timer_runs.csv", "wake_latency_cdf.png", "throughput_vs_idle_cpu.png", "timer_latency.png"}
+                "timer_runs.csv", "wake_latency_cdf.png", "throughput_vs_idle_cpu.png", "timer_latency.png",
+                "neighbour.csv", "neighbour_runs.csv", "neighbour_tradeoff.png"}
     assert expected <= files, files
     assert not [f for f in files if f.startswith(".tmp-")]
     assert json.loads((out / "results.json").read_text()) == doc
@@ -283,7 +403,9 @@ def test_quick_compare_end_to_end(tmp_path, hostd) -> None:
     assert [row["policy"] for row in rows] == ["none", "fixed", "adaptive", "guest-haltpoll", "idle-poll"]
 
     assert doc["config"]["quick"] and doc["config"]["repeat"] == 1
-    assert len([r for r in doc["runs"] if r["experiment"] != "bare-metal"]) == 13
+    assert len([r for r in doc["runs"] if r["experiment"] in compare.EXPERIMENTS]) == 13
+    assert all(r["neighbour"] is None and r["result"]["neighbour"] is None
+               for r in doc["runs"] if r["experiment"] in compare.EXPERIMENTS)  # the seed's: never beside one
     # The bare-metal reference, both ways, in the repeat; % of bare metal against the idle-CPUs figure.
     assert sorted(r["id"] for r in doc["runs"] if r["experiment"] == "bare-metal") == [
         "bare-metal/busy/r1", "bare-metal/idle/r1"]
@@ -309,6 +431,7 @@ def test_quick_compare_end_to_end(tmp_path, hostd) -> None:
     assert by_id["io/fixed/r1"]["result"]["spec"]["halt_poll_ns"] == doc["config"]["fixed_halt_poll_ns"]
 
     assert "fixed polling" in doc["verdict"] and doc["seed"]["io_fixed_pct_of_idle_poll"] == 99.0
+    check_neighbour_experiment(doc, out)
 
     # The measured ordering on this machine. Other users' processes on the vCPU's CPU starve a
     # spinning vCPU (idle-poll, a polling one) for whole time slices; compare re-measures such runs

@@ -11,11 +11,12 @@ from irqsrc.sources import io_base_dir
 from vcpu import abi
 
 
-def _wait_for_vcpus(hostd, p, n):
+def _wait_for_vcpus(hostd, p, n, neighbours=0):
+    """vm0's n vCPUs, its device and (--neighbour) its neighbours, by process name, once all run."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         kids = [k for k in hostd.watch_children(p) if k.name().startswith("vm0/")]
-        if len(kids) == n + 1:
+        if len(kids) == n + 1 + neighbours:
             time.sleep(0.5)  # let the run get going
             return {k.name(): k for k in kids}
         time.sleep(0.05)

@@ -1,7 +1,15 @@
 """`hostd compare --backend both|kvm`: the kernel's cells beside the emulator's, and the refusals."""
+import io as _io
 import os
+from dataclasses import replace
 
-from hostd.experiments import compare, side_by_side
+import psutil
+from rich.console import Console
+
+from hostd.cli import build_parser
+from hostd.experiments import beside_neighbour, compare, fidelity, side_by_side
+from hostd.plumbing.neighbour import NeighbourSpec
+from tests.conftest import segments_of
 
 
 def _s(median):
@@ -208,3 +216,120 @@ def test_fidelity_explains_timer_fixed_p99_only_where_the_kernel_blocked_past_th
     _plain_miss(run(99.3))  # the kernel blocked on 0.7%, under the 1% a p99 reaches: its p99 is a poll hit too
     _plain_miss(run(98.5, emu_success=97.0))  # the emulator's p99 is a blocked wake as well
     _plain_miss(run(98.5, emu_p99=200_000.0))  # the emulator's tail is the longer one: the reason points the other way
+
+
+# --- beside a neighbour: its fidelity rows, and the experiment on both backends ------------------------
+
+def _nb(**cells) -> dict:
+    """A neighbour summary: _nb(**{"50%:2ms/timer/adaptive": {"wake_p50_ns": 9000, ...}})."""
+    out: dict = {}
+    for where, metrics in cells.items():
+        case, wl, pol = where.split("/")
+        out.setdefault(case, {}).setdefault(wl, {})[pol] = {m: _s(v) for m, v in metrics.items()}
+    return out
+
+
+def _nrow(emu: dict, kvm: dict, key: str) -> dict:
+    return next(r for r in fidelity.neighbour_rows(emu, kvm) if r["key"] == key)
+
+
+def test_neighbour_fidelity_judges_ratios_points_and_cores():
+    emu = _nb(**{"50%:2ms/timer/adaptive": {"wake_p50_ns": 11_000, "poll_success_pct": 30.0,
+                                            "neighbour_cpu_lost_cores": 0.07},
+                 "50%:2ms/timer/guest-haltpoll": {"wake_p50_ns": 5_000, "poll_success_pct": 99.0}})
+    kvm = _nb(**{"50%:2ms/timer/adaptive": {"wake_p50_ns": 10_000, "poll_success_pct": 50.0,
+                                            "neighbour_cpu_lost_cores": 0.05}})
+    rows = {r["key"]: r for r in fidelity.neighbour_rows(emu, kvm)}
+    assert len(rows) == len(fidelity.NEIGHBOUR_ROWS)  # one neighbour; guest-haltpoll has no kernel side
+    p50, ok, lost = (rows[f"neighbour.50%:2ms.timer.adaptive.{k}"] for k in ("p50", "success", "lost"))
+    assert p50["within"] and p50["check"] == "ratio" and fidelity.ratio_text(p50) == "1.10x"
+    assert not ok["within"] and ok["diff"] == -20.0 and fidelity.ratio_text(ok) == "-20 points" and ok["why"] is None
+    assert lost["within"] and fidelity.ratio_text(lost) == "+0.020 core" and lost["digits"] == 3
+    assert fidelity.mark(rows["neighbour.50%:2ms.io.none.writes"]) == "-"  # not measured: neither a hit nor a miss
+    line = fidelity.summary_line(list(rows.values()), "none")
+    assert "2 of 3 figures" in line and "±15 points" in line and "neighbour.50%:2ms.timer.adaptive.success" in line
+    assert "emu_minus_kvm,check,within" in fidelity.to_csv(list(rows.values())).splitlines()[0]
+    assert fidelity.neighbour_rows(emu, None) == []
+
+
+def test_neighbour_fidelity_explains_only_where_its_condition_holds_in_the_run():
+    # The same miss without a neighbour: not the neighbour's doing.
+    emu = _nb(**{"alone/io/none": {"writes_per_s": 2000.0}, "10%:2ms/io/none": {"writes_per_s": 1800.0}})
+    kvm = _nb(**{"alone/io/none": {"writes_per_s": 3000.0}, "10%:2ms/io/none": {"writes_per_s": 2900.0}})
+    _explained(_nrow(emu, kvm, "neighbour.10%:2ms.io.none.writes"), "0.67x", "without a neighbour")
+    kvm["alone"]["io"]["none"]["writes_per_s"] = _s(2100.0)  # alone within reach: nothing explains the miss
+    r = _nrow(emu, kvm, "neighbour.10%:2ms.io.none.writes")
+    assert not r["within"] and r["why"] is None
+    # CPU lost: the same CPU beside the VM on both sides, only the baseline alone moved.
+    base = {"neighbour_cpu_cores": 0.45, "neighbour_alone_cpu_cores": 0.55, "neighbour_cpu_lost_cores": 0.10}
+    emu = _nb(**{"50%:2ms/timer/adaptive": base})
+    kvm = _nb(**{"50%:2ms/timer/adaptive": {"neighbour_cpu_cores": 0.46, "neighbour_alone_cpu_cores": 0.50,
+                                            "neighbour_cpu_lost_cores": 0.04}})
+    _explained(_nrow(emu, kvm, "neighbour.50%:2ms.timer.adaptive.lost"), "0.450", "0.460", "0.550", "0.500")
+    kvm["50%:2ms"]["timer"]["adaptive"]["neighbour_cpu_cores"] = _s(0.40)  # beside it differed too: no excuse
+    r = _nrow(emu, kvm, "neighbour.50%:2ms.timer.adaptive.lost")
+    assert not r["within"] and r["why"] is None
+
+
+def test_neighbour_verdict_is_computed_from_the_figures():
+    emu = _nb(**{"alone/timer/adaptive": {"poll_success_pct": 95.0},
+                 "alone/timer/guest-haltpoll": {"poll_success_pct": 99.0},
+                 "50%:2ms/timer/none": {"wake_p50_ns": 60_000},
+                 "50%:2ms/timer/adaptive": {"poll_success_pct": 30.0, "neighbour_cpu_lost_cores": 0.01,
+                                            "wake_p50_ns": 12_000},
+                 "50%:2ms/timer/guest-haltpoll": {"poll_success_pct": 98.0, "neighbour_cpu_lost_cores": 0.2},
+                 "50%:2ms/io/none": {"writes_per_s": 2000.0}, "50%:2ms/io/adaptive": {"writes_per_s": 3000.0}})
+    kvm = _nb(**{"50%:2ms/timer/adaptive": {"poll_success_pct": 25.0, "neighbour_cpu_lost_cores": 0.02}})
+    ns = [NeighbourSpec(0.1, 2_000_000), NeighbourSpec(0.5, 2_000_000)]
+    v = beside_neighbour.verdict(emu, ns, kvm)
+    assert "spinning 50% of 2 ms" in v and "gave way to it (30% of halts ended in a successful poll, 95% alone)" in v
+    assert "guest-haltpoll, whose poll runs in guest mode and does not yield, ended 98% of its idle periods in a " \
+        "poll (99% alone)" in v
+    assert "took more of the neighbour's CPU (0.200 core)" in v and "the kernel's adaptive: 25%" in v
+    assert "timer 12,000 ns wake p50 with adaptive against 60,000 without (5.0x faster)" in v
+    assert "io 3,000 writes/s with adaptive against 2,000 without (1.5x the throughput)" in v
+    emu["50%:2ms"]["timer"]["adaptive"]["poll_success_pct"] = _s(90.0)
+    emu["50%:2ms"]["timer"]["guest-haltpoll"]["neighbour_cpu_lost_cores"] = _s(-0.05)
+    v = beside_neighbour.verdict(emu, ns)
+    assert "did not give way (90%" in v and "gave way to it" not in v and "took less of the neighbour's CPU" in v
+    assert "kernel" not in v and beside_neighbour.verdict({}, []) == ""
+    del emu["alone"]  # no reference: the share alone, no judgement
+    assert "the host's adaptive polling ended 90% of halts in a successful poll and" in beside_neighbour.verdict(emu, ns)
+
+
+def test_neighbour_experiment_on_both_backends_in_process(kvm, tmp_path, monkeypatch):
+    """The real processes, short: beside a 50% neighbour and alone, each cell on the emulator and the
+    kernel, the kernel's columns printed and its fidelity rows judged; nothing left behind."""
+    args = build_parser().parse_args(["compare", "--quick", "--backend", "both", "--out", str(tmp_path)])
+    plan = replace(compare.plan_from_args(args), neighbours=(NeighbourSpec(0.5, 2_000_000),))
+    every = compare.jobs
+    monkeypatch.setattr(compare, "jobs", lambda p: [j for j in every(p) if j.experiment == beside_neighbour.EXPERIMENT])
+    runs, _ = compare.measure_all(plan, progress=False)
+    assert len(runs) == 2 * 2 * 5  # (alone, 50%) x (timer, io) x (3 policies on emu, 2 on kvm)
+    assert all(not r["check_failures"] for r in runs), [r["check_failures"] for r in runs]
+    near = beside_neighbour.document(plan, runs)
+    emu, kern = near["summary"], near["kvm"]["summary"]
+    assert set(emu["50%:2ms"]["timer"]) == {"none", "adaptive", "guest-haltpoll"}
+    assert set(kern["50%:2ms"]["timer"]) == {"none", "adaptive"}
+    for side in (emu, kern):
+        m = side["50%:2ms"]["timer"]["adaptive"]
+        assert 0.3 <= m["neighbour_alone_cpu_cores"]["median"] <= 0.65  # it gets about its duty alone
+        assert -0.2 <= m["neighbour_cpu_lost_cores"]["median"] <= 0.5
+        assert 0 < m["vcpu_cpu_cores"]["median"] <= 1.05 and m["poll_success_pct"]["median"] is not None
+    assert all(r["result"]["spec"]["halt_poll_ns"] == 2_000_000 for r in runs
+               if r["workload"] == "timer" and r["policy"] == "adaptive")
+    assert {r["result"]["spec"]["backend"] for r in runs} == {"emu", "kvm"}
+    rows = fidelity.neighbour_rows(emu, kern)
+    assert {r["key"] for r in rows} == {f"neighbour.50%:2ms.{wl}.{pol}.{_k}" for wl, pol, m, _, _ in
+                                        fidelity.NEIGHBOUR_ROWS for _k in [{"wake_p50_ns": "p50", "writes_per_s": "writes",
+                                                                            "poll_success_pct": "success",
+                                                                            "neighbour_cpu_lost_cores": "lost"}[m]]}
+    assert all(fidelity.mark(r) != "-" for r in rows)  # every figure measured on both sides
+    doc = {"config": {"tsc_khz": plan.tsc_khz}, "neighbour": near}
+    buf = _io.StringIO()
+    beside_neighbour.print_tables(doc, Console(file=buf, width=150), compare.cell, set())
+    text = buf.getvalue()
+    assert "Beside a neighbour: timer" in text and "kvm" in text and "50% of 2 ms" in text
+    left = [p for p in psutil.Process().children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())]
+    assert not left
+    assert not segments_of({os.getpid()})

@@ -17,6 +17,7 @@ dicts or logging per halt.
 from __future__ import annotations
 
 import ctypes
+import os
 import resource
 import time
 from array import array
@@ -27,6 +28,7 @@ from vcpu import abi
 from vcpu.costs import Costs, spin_ns, spin_until
 from vcpu.guest_haltpoll import GuestHaltPoll
 from vcpu.policy import HostPolicy
+from vcpu.single_task import RunQueue
 
 # Why a wait ended.
 NONE, IRQ, TIMER, STOPPED = 0, 1, 2, 3
@@ -35,13 +37,16 @@ EXPIRED, PREEMPTED = 4, 5
 # Wake paths, as recorded per sample.
 PATH_POLL, PATH_BLOCK, PATH_GUEST_POLL = 0, 1, 2
 
-# A gap this long between two poll iterations means we were not on the CPU: preempted by our
-# kernel if involuntary switches rose since the poll began (the need_resched() stand-in), or
-# merely descheduled by a hypervisor under us if they did not.
-PREEMPT_GAP_NS = 30_000
+# kvm_vcpu_can_poll() polls only while single_task_running() && !need_resched(). Our stand-ins:
+# every few passes, whether tasks not ours are runnable (vcpu/single_task.py: then the poll ends and
+# the vCPU blocks, to be woken as the kernel's is) or a vCPU sharing our CPU is; and a gap this
+# long between two passes means we were off the CPU: preempted by a task that woke here if our
+# involuntary switches rose, merely descheduled by a hypervisor if not.
+PREEMPT_GAP_NS = 8_000  # a pass takes ~1 us; a switch away and back, more than 8
 LOOKS = 16  # looks at the pending word per pass; the clock and the rest once per pass
 STOP_CHECK_MASK = 63  # the stop word every 64 passes
-SIBLING_CHECK_MASK = 3  # vCPUs sharing our CPU every 4 passes (~10 us)
+SIBLING_CHECK_MASK = 3  # vCPUs sharing our CPU every 4 passes (~5 us)
+RUNQUEUE_CHECK_MASK = 7  # others' tasks every 8 passes (~10 us; ~1.5 us a look)
 
 
 class _PollFd(ctypes.Structure):
@@ -91,6 +96,7 @@ class VCpu:
         recorder: Recorder,
         safety_timeout_ms: int,
         siblings: tuple[int, ...] = (),
+        runqueue: RunQueue | None = None,
     ) -> None:
         self.w = words
         self.kick = kick
@@ -125,9 +131,12 @@ class VCpu:
         # Slot bases of the other vCPUs pinned to our CPU: if one of them is runnable, it is
         # waiting for this core, which is exactly when the kernel sets need_resched().
         self.siblings = tuple(abi.slot_base(i) for i in siblings)
+        self.runqueue = runqueue
         self.ack = words[self.i_ack]
         self.deadline = 0
         self.hit_ns = 0  # when _spin saw the interrupt
+        self.stop_ns = 0  # when a poll _spin ended as PREEMPTED stopped
+        self.off_cpu = False  # ...and whether another task had the CPU since (not a sibling's wish)
         self.nivcsw = 0
         self.param_gen = -1
         self._load_params()
@@ -177,17 +186,36 @@ class VCpu:
             if t >= until_ns:
                 return EXPIRED
             if watch_preempt:
-                if t - last > PREEMPT_GAP_NS:
-                    nivcsw = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
-                    if nivcsw != self.nivcsw:
-                        self.nivcsw = nivcsw
-                        return PREEMPTED
-                if self.siblings and not n & SIBLING_CHECK_MASK and self._sibling_runnable():
+                if t - last > PREEMPT_GAP_NS and self._switched():
+                    self.stop_ns, self.off_cpu = last, True
                     return PREEMPTED
+                if self.siblings and not n & SIBLING_CHECK_MASK and self._sibling_runnable():
+                    self.stop_ns, self.off_cpu = t, False
+                    return PREEMPTED
+                rq = self.runqueue
+                if rq is not None and not n & RUNQUEUE_CHECK_MASK and rq.others_runnable():
+                    if not rq.device_awake():
+                        self.stop_ns, self.off_cpu = t, False
+                        return PREEMPTED
+                    # The count may be the kernel's threads doing the device's write elsewhere: ask
+                    # this CPU itself. A yield hands it to a task waiting here; none, it returns at once.
+                    os.sched_yield()
+                    last, t = t, now()
+                    if t - last > PREEMPT_GAP_NS and self._switched():
+                        self.stop_ns, self.off_cpu = last, True
+                        return PREEMPTED
             last = t
             n += 1
             if not n & STOP_CHECK_MASK and w[abi.H_STOP]:
                 return STOPPED
+
+    def _switched(self) -> bool:
+        """Did the scheduler switch us out for another task since the poll began?"""
+        nivcsw = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+        if nivcsw == self.nivcsw:
+            return False
+        self.nivcsw = nivcsw
+        return True
 
     def _sibling_runnable(self) -> bool:
         w = self.w
@@ -275,14 +303,21 @@ class VCpu:
         budget = self.host.begin_halt()
         start = poll_end = now()
         why = NONE
+        off_cpu = False
         if budget:
             w[self.i_state] = abi.POLLING
-            # Baseline for the preemption check: only switches during this poll count.
+            # Baselines for the preemption checks: only what happens during this poll counts.
             self.nivcsw = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+            if self.runqueue is not None:
+                self.runqueue.streak = 0
             why = self._spin(start + budget, True)
-            poll_end = self.hit_ns if why == IRQ else now()
-            if why == PREEMPTED:  # a failed poll, as kvm_vcpu_can_poll() makes it; counted apart
+            if why == IRQ:
+                poll_end = self.hit_ns
+            elif why == PREEMPTED:  # a failed poll, as kvm_vcpu_can_poll() makes it; counted apart
+                poll_end, off_cpu = self.stop_ns, self.off_cpu
                 w[c["halt_poll_preempted"]] += 1
+            else:
+                poll_end = now()
             if why >= EXPIRED:
                 why = NONE
         waited = False
@@ -291,6 +326,12 @@ class VCpu:
             w[self.i_state] = abi.BLOCKED
             why, waited = self._block()
             cur = now()
+            if off_cpu and not waited:
+                # The kernel's vCPU would have slept from the poll's end while the other task ran,
+                # and been woken for this event: a wait, and a failed poll, as there.
+                w[self.i_state] = abi.RUNNING
+                w[c["halt_wakeup"]] += 1
+                waited = True
             if waited:
                 wait_ns = cur - poll_end
                 w[c["halt_wait_ns"]] += wait_ns

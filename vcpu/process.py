@@ -16,6 +16,7 @@ from vcpu.guest_haltpoll import make_guest_policy
 from vcpu.costs import Costs
 from vcpu.halt import Recorder, VCpu
 from vcpu.policy import PolicySpec, make_host_policy
+from vcpu.single_task import RunQueue
 from vcpu.submit import Submitter
 
 
@@ -24,6 +25,14 @@ def siblings(cpus: list[int] | None, index: int) -> tuple[int, ...]:
     if cpus is None:
         return ()
     return tuple(i for i, c in enumerate(cpus) if c == cpus[index] and i != index)
+
+
+def runqueue(words: memoryview, spec: dict, index: int) -> RunQueue:
+    """The single_task_running() stand-in, told which of our tasks run on other CPUs than ours."""
+    cpus, device = spec["vcpu_cpus"], spec["device_cpu"]
+    mine = siblings(cpus, index)
+    elsewhere = tuple(i for i in range(spec["vcpus"]) if i != index and i not in mine)
+    return RunQueue(words, elsewhere, cpus is None or device is None or device != cpus[index])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             recorder,
             spec["safety_timeout_ms"],
             siblings(cpus, index),
+            runqueue(words, spec, index),
         )
         # The bare-metal io reference: the device writes alone; this vCPU just stays halted.
         workload = "idle" if spec["extra"].get("bare_io") else spec["workload"]

@@ -36,4 +36,7 @@ class Submitter:
         w[self.i_entries + head % abi.RING_CAP] = time.monotonic_ns()
         abi.full_fence()  # the entry before the head (x86-TSO keeps the order anyway; aarch64 does not)
         w[self.i_head] = head + 1
+        # The device is runnable from here until it sleeps again (it clears this itself): a poll's
+        # look at the run queue (vcpu/single_task.py) must count it as ours from the start.
+        w[abi.H_DEVICE_AWAKE] = 1
         os.eventfd_write(self.fd, 1)

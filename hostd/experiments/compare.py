@@ -6,7 +6,10 @@ order rotated each repeat, so drift over the run hits every policy alike):
 - io:    1 vCPU, real O_DSYNC writes; writes/s per policy and as % of idle-poll (per repeat,
          against the idle-poll run of the same repeat), halt_successful_poll / halt_exits;
 - idle:  a 4-vCPU idle guest; host CPU per idle vCPU (% of one core), halts/s, failed polls/s;
-- timer: 1 vCPU, TSC-deadline test; wake - deadline p50/p99/max in ns and TSC cycles.
+- timer: 1 vCPU, TSC-deadline test; wake - deadline p50/p99/max in ns and TSC cycles;
+
+and a fourth, beside a neighbour (beside_neighbour.py): timer and io with a process of ours spinning
+a duty cycle on the vCPU's CPU, what polling buys against what it costs that neighbour.
 
 Each table cell is the median of the repeats with the min-max beside it. Every measured number
 comes from a run stored whole (the DESIGN §8 result) in results.json; the only constants shown
@@ -21,22 +24,24 @@ import io as _io
 import json
 import os
 import signal
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Callable, NamedTuple
 from datetime import datetime, timezone
 
-from hostd.experiments import bare_metal, fidelity, side_by_side
+from hostd.experiments import bare_metal, beside_neighbour, fidelity, side_by_side
 from hostd.plumbing import calibration
 from hostd.plumbing.backend import check as check_backend
 from hostd.plumbing.errors import UsageError
+from hostd.plumbing.neighbour import NeighbourSpec, add_neighbour_option, parse_neighbour
 from hostd.plumbing.orphans import remove_stale_segments
 from hostd.plumbing.output import atomic_write, write_json
 from hostd.plumbing.policy_options import cycles_to_ns, tsc_khz_from_args
 from hostd.experiments.run import Terminated, on_sigterm, measure
 from hostd.experiments.progress import Progress
-from hostd.experiments.stats import interval, mean_ci
+from hostd.experiments.stats import interval, summarize
 from hostd.plumbing.spec import DEFAULT_INTERVAL_US, DEFAULT_TICK_HZ, VmSpec, parse_float, parse_int, place
 from vcpu.policy import KVM_HALT_POLL_NS_DEFAULT, POLICIES, SEED_HALT_POLL_CYCLES, U32_MAX, PolicySpec
 
@@ -108,6 +113,10 @@ class Plan:
     # 2 cores. The kernel's rates and percentiles need no longer: its wakes are as many per second.
     side_durations: dict[str, float] = field(default_factory=lambda: dict(DURATIONS[True]))
     calibration: dict | None = None  # the profile the emulator's cells apply (Profile.to_dict()), or None
+    # The fourth experiment (beside_neighbour): its neighbours, runs per cell and seconds per run.
+    neighbours: tuple[NeighbourSpec, ...] = beside_neighbour.DEFAULT_NEIGHBOURS
+    neighbour_repeat: int = beside_neighbour.REPEAT
+    neighbour_duration: float = beside_neighbour.DURATION_S[False]
 
     def duration(self, experiment: str, backend: str) -> float:
         return self.side_durations[experiment] if backend != self.backends[0] else self.durations[experiment]
@@ -124,14 +133,17 @@ class Plan:
         # none; guest-haltpoll (the haltpoll driver turns host polling off); idle-poll (never halts)
         return PolicySpec(policy=policy, host_policy="none", halt_poll_ns=0)
 
-    def vm_spec(self, experiment: str, policy: str, backend: str = "emu") -> VmSpec:
+    def vm_spec(self, experiment: str, policy: str, backend: str = "emu", *, policy_spec: PolicySpec | None = None,
+                duration: float | None = None, neighbour: NeighbourSpec | None = None) -> VmSpec:
+        """The VM of a cell: the experiment is its workload; the other experiment (beside_neighbour)
+        gives its own policy spec, duration and neighbour."""
         vcpus = IDLE_VCPUS if experiment == "idle" else 1
         vcpu_cpus, device_cpu, overcommit = place(vcpus, None, None, False)
-        duration = self.duration(experiment, backend)
-        spec = VmSpec(vm="vm0", vcpus=vcpus, workload=experiment, policy=self.policy_spec(policy),
+        duration = self.duration(experiment, backend) if duration is None else duration
+        spec = VmSpec(vm="vm0", vcpus=vcpus, workload=experiment, policy=policy_spec or self.policy_spec(policy),
                       vcpu_cpus=vcpu_cpus, device_cpu=device_cpu, overcommit=overcommit,
                       tick_hz=self.tick_hz, duration_s=duration, backend=backend,
-                      calibration=self.calibration if backend == "emu" else None)
+                      calibration=self.calibration if backend == "emu" else None, neighbour=neighbour)
         spec.sample_capacity = int(min(4_000_000, max(65_536, duration * 200_000)))
         return spec
 
@@ -158,17 +170,6 @@ def run_id(experiment: str, policy: str, repeat: int, backend: str = "emu") -> s
 
 
 # --- pure aggregation ---------------------------------------------------------------------------
-
-def summarize(values: list[float | None]) -> dict:
-    """Median and min-max of the runs' values; None values (no sample) are left out. Also the
-    mean of the repeats with its 95% Student-t interval as value, ci_low, ci_high (None with
-    fewer than 2 runs): the verdict orders two cells only where these intervals do not overlap."""
-    xs = [v for v in values if v is not None]
-    ci = mean_ci(xs).to_dict()
-    if not xs:
-        return {"median": None, "min": None, "max": None, **ci}
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), **ci}
-
 
 def run_metrics(result: dict) -> dict:
     """The figures compare reports from one run's §8 result."""
@@ -391,21 +392,53 @@ def poll_preempted_frac(result: dict) -> float:
     return preempted / attempted if attempted >= 20 else 0.0
 
 
-def disturbance(experiment: str, policy: str, result: dict, foreign: float) -> str | None:
+def disturbance(experiment: str, policy: str, result: dict, foreign: float, ours: bool = False) -> str | None:
     """Why a run measured its neighbours more than its policy, or None. Two signs: other processes
     held the vCPU's CPU (foreign load), or a neighbour kept preempting the polls (need_resched()),
-    so that a polling policy mostly blocked (seen as halt_poll_preempted; ~0.1% on a quiet machine)."""
+    so that a polling policy mostly blocked (seen as halt_poll_preempted; ~0.1% on a quiet machine).
+    ours: the run has a neighbour of ours beside the vCPU (beside_neighbour), whose preempting the
+    polls is what it measures, never a disturbance; others' load still is one (ours is not in it)."""
     if not sensitive(experiment, policy):
         return None
     if foreign >= DISTURBED:
         return f"other processes used {foreign:.2f} of a core beside it"
-    preempted = poll_preempted_frac(result)
+    preempted = 0.0 if ours else poll_preempted_frac(result)
     if preempted >= PREEMPTED_POLLS:
         return f"{100 * preempted:.0f}% of its polls were cut short by preemption"
     return None
 
 
-def _measure_cell(plan: Plan, exp: str, pol: str, backend: str):
+class Job(NamedTuple):
+    """One run to measure: a cell of the seed's experiments or of beside_neighbour's."""
+    rid: str
+    experiment: str  # io, idle, timer, or beside_neighbour.EXPERIMENT
+    workload: str
+    policy: str
+    repeat: int
+    backend: str
+    neighbour: NeighbourSpec | None
+    label: str  # the progress bar's
+    weight: float  # planned seconds, start-up included
+    spec: Callable[[], VmSpec]  # a fresh VM spec per attempt
+    metrics: Callable[[dict], dict]  # the figures of its §8 result
+    brief: Callable[[dict], str]  # those figures in a progress line
+
+
+def jobs(plan: Plan) -> list[Job]:
+    """Every run of the plan in order: the seed's cells (plan.cells()), then beside_neighbour's."""
+    out = [Job(run_id(e, p, r, b), e, e, p, r, b, None, f"{b} {e:<5} {p:<14} repeat {r}/{plan.repeat}",
+               plan.duration(e, b) + CELL_OVERHEAD_S, partial(plan.vm_spec, e, p, b), run_metrics, _brief)
+           for r, e, p, b in plan.cells()]
+    for c in beside_neighbour.cells(plan):
+        out.append(Job(c.run_id(), beside_neighbour.EXPERIMENT, c.workload, c.policy, c.repeat, c.backend,
+                       c.neighbour, f"{c.backend} {c.workload:<5} {c.policy:<14} beside: {c.case}",
+                       plan.neighbour_duration + beside_neighbour.baseline_s(c) + CELL_OVERHEAD_S,
+                       partial(beside_neighbour.vm_spec, plan, c), beside_neighbour.run_metrics,
+                       beside_neighbour.brief))
+    return out
+
+
+def _measure_cell(plan: Plan, make_spec: Callable[[], VmSpec], what: str):
     """One run: (§8 result, wake-latency samples in ns, foreign load). Retries once if a child died."""
     import numpy as np
 
@@ -413,14 +446,14 @@ def _measure_cell(plan: Plan, exp: str, pol: str, backend: str):
     from hostd.plumbing.vm import ChildDied
 
     for attempt in (1, 2):
-        spec = plan.vm_spec(exp, pol, backend)
+        spec = make_spec()
         try:
             result, vm = measure(spec, plan.tsc_khz, progress=False)
             foreign = result["host_cpus"]["foreign_load"]
         except (ChildDied, TimeoutError) as exc:
             if attempt == 2:
                 raise
-            sys.stderr.write(f"hostd: {exp}/{pol}: {exc}; retrying the run once\n")
+            sys.stderr.write(f"hostd: {what}: {exc}; retrying the run once\n")
             continue
         samples = np.concatenate([vcpu_samples(vm, i)[0] for i in range(spec.vcpus)])
         return result, samples, foreign
@@ -428,7 +461,8 @@ def _measure_cell(plan: Plan, exp: str, pol: str, backend: str):
 
 
 def measure_all(plan: Plan, progress: bool) -> tuple[list[dict], dict]:
-    """Run every cell of the plan; returns (runs, samples[(experiment, policy)] -> [arrays]).
+    """Run every cell of the plan (jobs()); returns (runs, samples[(experiment, policy)] -> [arrays]),
+    samples of the seed's experiments only.
 
     A run disturbed by other processes (see disturbance()) is run again, up to MAX_ATTEMPTS and
     within RETRY_BUDGET of the planned time; the least disturbed attempt is kept and the others are
@@ -436,44 +470,46 @@ def measure_all(plan: Plan, progress: bool) -> tuple[list[dict], dict]:
     """
     from hostd.experiments.report import check_failures
 
-    schedule = plan.cells()
-    weights = [plan.duration(exp, backend) + CELL_OVERHEAD_S for _, exp, _, backend in schedule]
-    retry_budget = RETRY_BUDGET * sum(weights)
+    todo = jobs(plan)
+    retry_budget = RETRY_BUDGET * sum(j.weight for j in todo)
     bare_w = plan.durations["io"] + CELL_OVERHEAD_S
     runs: list[dict] = []
     samples: dict[tuple[str, str], list] = {}
-    with Progress(weights + [bare_w] * len(bare_metal.MODES) * plan.repeat, progress) as bar:
-        for k, ((rep, exp, pol, backend), weight) in enumerate(zip(schedule, weights), 1):
+    with Progress([j.weight for j in todo] + [bare_w] * len(bare_metal.MODES) * plan.repeat, progress) as bar:
+        for k, job in enumerate(todo, 1):
+            rep, exp, pol, backend, weight = job.repeat, job.experiment, job.policy, job.backend, job.weight
             if exp == "io" and not any(r["experiment"] == "bare-metal" and r["repeat"] == rep for r in runs):
                 runs += bare_metal.measure_repeat(rep, plan.durations["io"], plan.tsc_khz, bar, bare_w)
-            rid = run_id(exp, pol, rep, backend)
+            ours = job.neighbour is not None
             attempts = []
             while True:
                 n = len(attempts) + 1
-                label = f"[{k}/{len(schedule)}] {backend} {exp:<5} {pol:<14} repeat {rep}/{plan.repeat}"
-                bar.start_cell(label + (f" (attempt {n}: machine busy)" if n > 1 else ""), weight)
-                result, lat, foreign = _measure_cell(plan, exp, pol, backend)
-                why = disturbance(exp, pol, result, foreign)
-                attempts.append((why is not None, foreign + poll_preempted_frac(result), foreign, why, result, lat))
+                bar.start_cell(f"[{k}/{len(todo)}] {job.label}" + (f" (attempt {n}: machine busy)" if n > 1 else ""),
+                               weight)
+                result, lat, foreign = _measure_cell(plan, job.spec, f"{job.workload}/{pol}")
+                why = disturbance(job.workload, pol, result, foreign, ours)
+                score = foreign + (0.0 if ours else poll_preempted_frac(result))
+                attempts.append((why is not None, score, foreign, why, result, lat))
                 if why is None or n >= MAX_ATTEMPTS or retry_budget < weight:
                     break
                 retry_budget -= weight
-                bar.end_cell(weight, f"  [{k}/{len(schedule)}] {rid}: {why}; measuring again", extra=True)
+                bar.end_cell(weight, f"  [{k}/{len(todo)}] {job.rid}: {why}; measuring again", extra=True)
             _, _, foreign, why, result, lat = min(attempts, key=lambda a: (a[0], a[1]))
-            metrics = run_metrics(result)
+            metrics = job.metrics(result)
             runs.append({
-                "id": rid, "experiment": exp, "policy": pol, "repeat": rep, "order": k, "backend": backend,
-                "metrics": metrics,
+                "id": job.rid, "experiment": exp, "workload": job.workload, "policy": pol, "repeat": rep, "order": k,
+                "backend": backend, "neighbour": job.neighbour.to_dict() if ours else None, "metrics": metrics,
                 "foreign_load": round(foreign, 4), "poll_preempted_frac": round(poll_preempted_frac(result), 4),
                 "disturbed": why is not None, "disturbance": why,
                 "discarded_attempts": [{"foreign_load": round(a[2], 4), "disturbance": a[3],
-                                        "metrics": run_metrics(a[4])} for a in attempts if a[4] is not result],
+                                        "metrics": job.metrics(a[4])} for a in attempts if a[4] is not result],
                 "check_failures": check_failures(result), "result": result,
             })
-            key = exp if backend == plan.backends[0] else side_by_side.sample_key(exp)  # kvm beside emu
-            samples.setdefault((key, pol), []).append(lat)
+            if exp in EXPERIMENTS:  # the plots' samples: the seed's experiments
+                key = exp if backend == plan.backends[0] else side_by_side.sample_key(exp)  # kvm beside emu
+                samples.setdefault((key, pol), []).append(lat)
             note = f" ({why})" if why else ""
-            bar.end_cell(weight, f"  [{k}/{len(schedule)}] {rid}: {_brief(metrics)}{note}")
+            bar.end_cell(weight, f"  [{k}/{len(todo)}] {job.rid}: {job.brief(metrics)}{note}")
     return runs, samples
 
 
@@ -535,7 +571,7 @@ def placement(plan: Plan) -> dict:
 
 
 def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float) -> dict:
-    summary = aggregate([r for r in runs if r.get("backend", "emu") == plan.backends[0]])
+    summary = aggregate([r for r in runs if r.get("backend", "emu") == plan.backends[0] and r["experiment"] in EXPERIMENTS])
     bare = bare_metal.pct_of_bare_metal(runs, plan.backends[0])
     for pol, pct in bare["pct"].items():
         if pol in summary.get("io", {}):
@@ -548,12 +584,14 @@ def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float)
     text = verdict(medians(summary), plan.fixed_ns, place_["idle"]["overcommit"], cpus, summary=summary,
                    running_inject_ns=running)
     text += bare_metal.verdict(bare)
+    near = beside_neighbour.document(plan, runs)
+    text += (" " + near["verdict"]) if near["verdict"] else ""
     kvm = None
     fid = None
     if plan.backends[1:] == ("kvm",):
-        kvm_summary = aggregate([r for r in runs if r["backend"] == "kvm"])
+        kvm_summary = aggregate([r for r in runs if r["backend"] == "kvm" and r["experiment"] in EXPERIMENTS])
         kvm = side_by_side.document(summary, kvm_summary)
-        fid = fidelity.rows(summary, kvm_summary)
+        fid = fidelity.rows(summary, kvm_summary) + fidelity.neighbour_rows(near["summary"], near["kvm"]["summary"])
         text += " " + side_by_side.verdict(summary, kvm_summary)
         text += " " + fidelity.summary_line(fid, calibration.name_of(plan.calibration))
     elif plan.kvm_unavailable:
@@ -579,7 +617,8 @@ def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float)
             "adaptive_halt_poll_ns": KVM_HALT_POLL_NS_DEFAULT,
             "host_cpus": cpus,
             "placement": place_,
-            "order": "repeat outermost; experiments io, idle, timer; policy order rotated by one each repeat",
+            "order": "repeat outermost; experiments io, idle, timer; policy order rotated by one each repeat; then "
+                     "the neighbour experiment (its own order: see neighbour.config)",
             "disturbed_foreign_cores": DISTURBED,
             "disturbed_preempted_polls": PREEMPTED_POLLS,
             "max_attempts": MAX_ATTEMPTS,
@@ -587,6 +626,7 @@ def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float)
         "backend": plan.backends[0],
         "summary": summary,
         "bare_metal": bare,
+        "neighbour": near,
         "kvm": kvm,
         "fidelity": fid,
         "verdict": text,
@@ -689,14 +729,16 @@ def print_tables(doc: dict, out) -> None:
                   *kvm_cells("timer", pol))
     console.print(t)
 
+    beside_neighbour.print_tables(doc, console, cell, disturbed)
+
     if doc.get("fidelity"):
-        t = Table(title="Fidelity: the emulator against the kernel on this machine, same cells "
-                  f"(✓: emu / kvm within {fidelity.LOW}-{fidelity.HIGH}x)", title_justify="left")
+        t = Table(title=f"Fidelity: the emulator against the kernel on this machine, same cells ({fidelity.TOLERANCES})",
+                  title_justify="left")
         for col, j in (("figure", "left"), ("emulator", "right"), ("kernel (kvm)", "right"),
-                       ("emu / kvm", "right"), ("", "left"), ("why not", "left")):
+                       ("emu vs kvm", "right"), ("", "left"), ("why not", "left")):
             t.add_column(col, justify=j)
         for r in doc["fidelity"]:
-            digits = 2 if r["key"].startswith("idle") else 0
+            digits = r.get("digits", 2 if r["key"].startswith("idle") else 0)
             t.add_row(r["figure"], _num(r["emu"], digits), _num(r["kvm"], digits),
                       fidelity.ratio_text(r), fidelity.mark(r), r["why"] or "")
         console.print(t)
@@ -723,18 +765,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run the seed's experiment side by side: O_DSYNC writes/s per policy as % of "
         "idle-poll, host CPU per idle vCPU of a 4-vCPU idle guest, and TSC-deadline timer latency; "
         "each cell the median of --repeat interleaved runs, printed beside the 2015 patch's figures "
-        "with a verdict, and saved (results.json, CSVs, PNG plots) under --out. A run during which other "
-        "processes took 0.3 of a core or more of the VM's CPUs is measured again (and flagged if it stays so).",
-        epilog="example: hostd compare --quick   (about 30 s)",
+        "with a verdict, and saved (results.json, CSVs, PNG plots) under --out. Then a fourth experiment, "
+        "beside a neighbour: timer and io under none, adaptive and guest-haltpoll with a process of ours "
+        "spinning 10% and 50% of every 2 ms on the vCPU's CPU (one run per cell unless --repeat is given). "
+        "A run during which other processes took 0.3 of a core or more of the VM's CPUs is measured again "
+        "(and flagged if it stays so).",
+        epilog="example: hostd compare --quick   (about a minute)",
     )
     q, d = DURATIONS[True], DURATIONS[False]
+    nq, nd = beside_neighbour.DURATION_S[True], beside_neighbour.DURATION_S[False]
     p.add_argument("--quick", action="store_true",
                    help=f"one run per cell and shorter cells (io {q['io']:g} s, idle {q['idle']:g} s, timer "
-                   f"{q['timer']:g} s; defaults {d['io']:g}, {d['idle']:g}, {d['timer']:g} s): about 30 s "
-                   "instead of 2 min")
+                   f"{q['timer']:g} s, beside a neighbour {nq:g} s; defaults {d['io']:g}, {d['idle']:g}, "
+                   f"{d['timer']:g}, {nd:g} s): about a minute instead of 2.5 (with --backend both, under 2 "
+                   "instead of under 5)")
     p.add_argument("--repeat", metavar="N",
                    help=f"runs per cell; each cell shows their median and min-max (default {DEFAULT_REPEAT}, "
-                   "or 1 with --quick)")
+                   f"or 1 with --quick; beside a neighbour {beside_neighbour.REPEAT} unless given)")
     p.add_argument("--tick-hz", default=str(DEFAULT_TICK_HZ), metavar="HZ",
                    help=f"idle guest tick per vCPU (default {DEFAULT_TICK_HZ}: a NOHZ Linux guest, ~10 halts/s "
                    "for 4 vCPUs; 100 for a Windows-like guest)")
@@ -752,6 +799,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "TCP_RR-like latency; guest2019: guest halt polling's ping-pong; all: each in turn, each in a "
                    "folder of its own under --out")
     calibration.add_calibration_option(p)
+    add_neighbour_option(p.add_argument_group(
+        "beside a neighbour", "The fourth experiment runs beside neighbours spinning 10% and 50% of every 2 ms; each "
+        "--neighbour adds one more there. The seed's three experiments always run without one."), repeatable=True)
     p.add_argument("--always-poll-us", metavar="US",
                    help="dyn2015: always-poll's budget in microseconds (default 500)")
     p.set_defaults(func=main)
@@ -775,11 +825,14 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         probe = os.path.dirname(probe)
     if not os.access(probe if not os.path.isdir(out) else out, os.W_OK):
         raise UsageError(f"--out: cannot write into {out!r}")
+    extra = [parse_neighbour(text) for text in getattr(args, "neighbour", None) or ()]
     backends, kvm_unavailable = _backends(args.backend)
     profile = calibration.resolve(args.calibration) if "emu" in backends else None
     return Plan(quick=args.quick, repeat=repeat, tick_hz=tick_hz, tsc_khz=tsc_khz, out=out,
                 durations=dict(DURATIONS[bool(args.quick)]), backends=backends, kvm_unavailable=kvm_unavailable,
-                calibration=profile.to_dict() if profile else None)
+                calibration=profile.to_dict() if profile else None, neighbours=beside_neighbour.neighbours(extra),
+                neighbour_repeat=beside_neighbour.REPEAT if args.repeat is None else repeat,
+                neighbour_duration=beside_neighbour.DURATION_S[bool(args.quick)])
 
 
 def _backends(text: str) -> tuple[tuple[str, ...], str | None]:
@@ -804,6 +857,9 @@ def write_results(plan: Plan, doc: dict, samples: dict) -> list[str]:
         atomic_write(os.path.join(plan.out, f"{exp}.csv"), summary_csv(exp, doc["summary"]))
         atomic_write(os.path.join(plan.out, f"{exp}_runs.csv"), runs_csv(exp, doc["runs"]))
         files += [f"{exp}.csv", f"{exp}_runs.csv"]
+    atomic_write(os.path.join(plan.out, "neighbour.csv"), beside_neighbour.summary_csv(doc))
+    atomic_write(os.path.join(plan.out, "neighbour_runs.csv"), beside_neighbour.runs_csv(doc["runs"]))
+    files += ["neighbour.csv", "neighbour_runs.csv"]
     if doc.get("fidelity"):
         atomic_write(os.path.join(plan.out, "fidelity.csv"), fidelity.to_csv(doc["fidelity"]))
         files.append("fidelity.csv")
@@ -819,6 +875,9 @@ def main(args: argparse.Namespace) -> int:
 
     which = tables.parse_tables(args.table)
     plan = plan_from_args(args)
+    if args.neighbour and "seed" not in which:
+        raise UsageError(f"--neighbour: only with --table seed or all (the neighbour experiment is the seed "
+                         f"comparison's; {args.table} runs none)")
     others = tables.plan_from_compare(args, plan, [t for t in which if t != "seed"])  # validated before any run
     rc = 0
     if "seed" in which:

@@ -45,7 +45,7 @@ def run_for(vm: KvmVm, seconds: float, device: list[int] = ()) -> dict:
 
     os.sched_setaffinity(0, [vcpu_cpu])
     stop = threading.Thread(target=stopper)
-    busy0, own0 = hoststats.cpu_busy_s([house, vcpu_cpu]), hoststats.own_cpu_s(list(device))
+    busy0, own0 = hoststats.cpu_busy_s([house, vcpu_cpu]), hoststats.own_cpu(list(device))
     t0 = time.monotonic_ns()
     stop.start()
     try:
@@ -54,8 +54,8 @@ def run_for(vm: KvmVm, seconds: float, device: list[int] = ()) -> dict:
         stop.join()
         os.sched_setaffinity(0, [house, vcpu_cpu])
     window = (time.monotonic_ns() - t0) / 1e9
-    own = hoststats.own_cpu_s(list(device))
-    foreign = hoststats.foreign_load(hoststats.cpu_busy_s([house, vcpu_cpu]) - busy0, own - own0, window)
+    own = hoststats.own_cpu_s_since(own0, list(device))
+    foreign = hoststats.foreign_load(hoststats.cpu_busy_s([house, vcpu_cpu]) - busy0, own, window)
     st = vm.stats.read()
     return {
         "seconds": window, "delivered": vm.delivered(), "foreign_load": round(foreign, 3),

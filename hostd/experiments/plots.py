@@ -6,6 +6,9 @@
   point per policy with its min-max as error bars, the seed's quoted range drawn as a labelled box;
 - timer_latency.png: the TSC-deadline test's wake - deadline distribution for none / fixed /
   adaptive, log x, with the seed's quoted ranges shaded and labelled;
+- neighbour_tradeoff.png: beside a neighbour, per policy and neighbour, what polling buys (timer:
+  none's wake p50 over the policy's; io: writes/s over none's, at the same neighbour) against what
+  it costs the neighbour (its CPU lost, cores), `none` the line at 1x; the emulator filled, the kernel hollow;
 
 and `hostd tune`'s tradeoff.png (tune_tradeoff), `hostd replay --trace`'s halts.png (halt_budgets).
 """
@@ -155,12 +158,61 @@ def timer_latency(path: str, doc: dict, samples: dict) -> None:
     _save(plt, fig, path)
 
 
+# Beside a neighbour: what polling buys, per workload: (metric, higher is better, y label).
+GAINS = {
+    "timer": ("wake_p50_ns", False, "timer: none's wake p50 / the policy's (x, log scale)"),
+    "io": ("writes_per_s", True, "io: writes/s / none's (x)"),
+}
+
+
+def neighbour_tradeoff(path: str, doc: dict) -> None:
+    """One panel per workload: per polling policy and neighbour, the gain over `none` beside the same
+    neighbour against the neighbour's CPU lost; the emulator's points filled, the kernel's hollow."""
+    plt = _pyplot()
+    nb = doc["neighbour"]
+    sides = [(nb["summary"], "o", "")] + ([(nb["kvm"]["summary"], "s", ", kernel (kvm)")] if nb.get("kvm") else [])
+    fig, axes = plt.subplots(1, len(GAINS), figsize=(12, 5), dpi=110)
+    for ax, (wl, (metric, higher, ylabel)) in zip(axes, GAINS.items()):
+        labelled = set()
+        for summary, marker, who in sides:
+            for case, wls in summary.items():
+                pols = wls.get(wl, {})
+                base = (pols.get("none", {}).get(metric) or {}).get("median")
+                for pol, m in pols.items():
+                    if pol == "none":  # the reference: 1 by definition, drawn as the line
+                        continue
+                    x = (m.get("neighbour_cpu_lost_cores") or {}).get("median")
+                    y = (m.get(metric) or {}).get("median")
+                    if x is None or not y or not base:
+                        continue
+                    gain = y / base if higher else base / y
+                    name = f"{pol}{who}"
+                    ax.plot(x, gain, marker, ms=8, color=COLORS.get(pol), mfc="none" if who else None,
+                            label=name if name not in labelled else None)
+                    labelled.add(name)
+                    ax.annotate(case, (x, gain), textcoords="offset points", xytext=(6, 4 if not who else -11),
+                                fontsize=8)
+        ax.axhline(1.0, color=COLORS["none"], lw=1, ls=":", label="none beside the same neighbour (1x)")
+        ax.axvline(0.0, color="#888888", lw=0.8)
+        if not higher:
+            ax.set_yscale("log")
+        ax.set_xlabel("the neighbour's CPU lost: alone minus beside the VM (cores)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(f"{wl}: what polling buys vs what it costs the neighbour")
+        ax.legend(loc="best", fontsize=8)
+    _save(plt, fig, path)
+
+
 def write_all(out: str, doc: dict, samples: dict) -> list[str]:
-    """Write the three PNGs into `out`; returns their file names."""
+    """Write the PNGs into `out` (the neighbour's where that experiment ran); returns their file names."""
     names = ["wake_latency_cdf.png", "throughput_vs_idle_cpu.png", "timer_latency.png"]
     wake_latency_cdf(os.path.join(out, names[0]), doc, samples)
     throughput_vs_idle_cpu(os.path.join(out, names[1]), doc)
     timer_latency(os.path.join(out, names[2]), doc, samples)
+    if (doc.get("neighbour") or {}).get("summary"):
+        names.append("neighbour_tradeoff.png")
+        neighbour_tradeoff(os.path.join(out, names[-1]), doc)
     return names
 
 

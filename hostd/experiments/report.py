@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from hostd.plumbing import calibration
+from hostd.plumbing import calibration, neighbour
 
 
 def _us(ns: int | None) -> str:
@@ -88,6 +88,13 @@ def print_run(r: dict, out: TextIO) -> None:
             f"\nidle: {w['halts_per_s']:.1f} halts/s, {w['failed_polls_per_s']:.1f} failed polls/s, "
             f"host CPU per idle vCPU {100 * w['cpu_frac_per_vcpu']:.2f}% of a core\n"
         )
+    n = r.get("neighbour")
+    if n:
+        out.write(f"neighbour: {neighbour.label(n['duty'], n['period_ns'])} on CPU(s) "
+                  f"{', '.join(map(str, n['cpus']))}: {n['cpu_cores']:.3f} cores beside the VM, "
+                  f"{n['alone_cpu_cores']:.3f} alone; the VM cost it {n['cpu_lost_cores']:.3f} cores; it waited "
+                  f"{n['runq_wait_us_per_period']:.0f} us per period for its CPU ({n['alone_runq_wait_us_per_period']:.0f} "
+                  "alone)\n")
     c = r["checks"]
     if spec["backend"] == "kvm":
         eq = c["delivered_eq_injected"]

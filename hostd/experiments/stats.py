@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from statistics import NormalDist
+from statistics import NormalDist, median
 
 import numpy as np
 
@@ -198,6 +198,17 @@ def mean_ci(values: Sequence[float | None], confidence: float = CONFIDENCE) -> I
         return Interval(m, None, None, 1)
     half = t_quantile(n - 1, confidence) * float(x.std(ddof=1)) / math.sqrt(n)
     return Interval(m, m - half, m + half, n)
+
+
+def summarize(values: Sequence[float | None]) -> dict:
+    """Median and min-max of the runs' values; None values (no sample) are left out. Also the
+    mean of the repeats with its 95% Student-t interval as value, ci_low, ci_high (None with
+    fewer than 2 runs): compare's verdicts order two cells only where these intervals do not overlap."""
+    xs = [v for v in values if v is not None]
+    ci = mean_ci(xs).to_dict()
+    if not xs:
+        return {"median": None, "min": None, "max": None, **ci}
+    return {"median": median(xs), "min": min(xs), "max": max(xs), **ci}
 
 
 def batch_mean_ci(series: np.ndarray | Sequence[float], confidence: float = CONFIDENCE,

@@ -40,7 +40,7 @@ from hostd.experiments import stats
 from hostd.experiments.progress import Progress
 from hostd.experiments.stats import (Interval, batch_mean_ci, compact, interval, min_n_for_quantile, quantile_ci,
                                      scaled_n, si, wilson)
-from hostd.plumbing import calibration
+from hostd.plumbing import calibration, neighbour
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.orphans import remove_stale_segments
 from hostd.plumbing.output import atomic_write, write_json
@@ -50,6 +50,7 @@ from hostd.experiments.report import check_failures
 from hostd.plumbing.results import vcpu_samples
 from hostd.experiments.run import Terminated, on_sigterm, measure
 from hostd.plumbing.spec import parse_float, parse_int, add_vm_options, parse_duration, vm_spec_from_args
+from hostd.plumbing.units import parse_ns
 from hostd.plumbing.vm import ChildDied
 from vcpu.halt import PATH_BLOCK, PATH_POLL
 from vcpu.policy import KVM_HALT_POLL_NS_DEFAULT, U32_MAX, PolicySpec
@@ -72,7 +73,6 @@ MIN_GAIN = 0.01
 # The offline replays use at most this many halts (an even subsample of the pooled trace).
 MAX_TRACE = 100_000
 RUN_OVERHEAD_S = 0.6  # start-up + teardown per VM, for the progress bar's ETA only
-_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 
 COST_MODEL = (
     "Offline optimum: for a fixed budget B, a halt of h ns (HLT to interrupt) costs h if it ends "
@@ -133,20 +133,6 @@ class Plan:
         spec.duration_s = duration_s or self.duration_s
         spec.sample_capacity = int(min(4_000_000, max(65_536, spec.duration_s * 200_000)))
         return spec
-
-
-def parse_ns(option: str, text: str) -> int:
-    """A duration in whole ns: 250000, 250us, 0.25ms, 1s."""
-    t = text.strip().lower()
-    unit = next((u for u in ("ns", "us", "ms", "s") if t.endswith(u)), "")
-    number = t[: len(t) - len(unit)] if unit else t
-    try:
-        value = float(number)
-    except ValueError:
-        raise UsageError(f"{option}: expected a duration like 50000, 50us or 2ms, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise UsageError(f"{option}: expected a duration >= 0, got {text!r}")
-    return int(round(value * _UNITS[unit or "ns"]))
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -276,15 +262,27 @@ def point_of(plan: Plan, budget: int, runs: list[tuple]) -> dict:
         "runs": len(results),
         "check_failures": [f for r in results for f in check_failures(r)],
         "pids": [v["pid"] for v in vcpus],
+        # --neighbour: the CPU it got beside the VM, and what the VM's polling cost it (cores, over its CPUs)
+        "neighbour_cpu_cores": _neighbour_mean(results, "cpu_cores"),
+        "neighbour_cpu_lost_cores": _neighbour_mean(results, "cpu_lost_cores"),
     }
     if plan.workload == "io":
         point["ops_per_s"] = figure
     return point
 
 
+def _neighbour_mean(results: list[dict], key: str) -> float | None:
+    """A neighbour figure over a point's runs, weighted by their length; None without --neighbour."""
+    runs = [(r["spec"]["duration_s"], r["neighbour"][key]) for r in results if r.get("neighbour")]
+    seconds = sum(s for s, _ in runs)
+    return round(sum(s * x for s, x in runs) / seconds, 4) if runs and seconds else None
+
+
 def _point_line(plan: Plan, p: dict) -> str:
+    lost = p["neighbour_cpu_lost_cores"]
     return (f"budget {p['budget_ns']:,} ns: {_fig(plan, p['figure'])}, success {_pct_ci(p['success_ratio'])}, "
-            f"host CPU {_pct(p['host_cpu_frac_per_vcpu'], 2)}")
+            f"host CPU {_pct(p['host_cpu_frac_per_vcpu'], 2)}"
+            + ("" if lost is None else f", neighbour lost {lost:.3f} cores"))
 
 
 def _more_seconds(plan: Plan, points: list[dict], rec: dict, measured_s: float) -> float:
@@ -543,16 +541,18 @@ def budget_label(ns: int) -> str:
 INTERVAL_COLUMNS = ("figure", "success_ratio", "wake_p50_ns", "wake_p99_ns", "ops_per_s")
 PLAIN_COLUMNS = ("budget_ns", "share_of_best", "host_cpu_frac_per_vcpu", "halt_exits", "halt_successful_poll",
                  "halt_poll_invalid", "halts_per_s", "duration_s", "runs")
+NEIGHBOUR_COLUMNS = ("neighbour_cpu_cores", "neighbour_cpu_lost_cores")  # with --neighbour only
 
 
 def points_csv(points: list[dict], rec_budget: int) -> str:
     """One row per point; a figure with an interval becomes four columns: X, X_ci_low, X_ci_high, X_n."""
     ivs = [c for c in INTERVAL_COLUMNS if any(c in p for p in points)]
+    plain = [*PLAIN_COLUMNS, *(c for c in NEIGHBOUR_COLUMNS if any(p.get(c) is not None for p in points))]
     buf = _io.StringIO()
     w = csv.writer(buf)
-    w.writerow([*PLAIN_COLUMNS, *(f"{c}{s}" for c in ivs for s in ("", "_ci_low", "_ci_high", "_n")), "recommended"])
+    w.writerow([*plain, *(f"{c}{s}" for c in ivs for s in ("", "_ci_low", "_ci_high", "_n")), "recommended"])
     for p in points:
-        cells = [p.get(c) for c in PLAIN_COLUMNS]
+        cells = [p.get(c) for c in plain]
         for c in ivs:
             iv = p.get(c) or {}
             cells += [iv.get(k) for k in ("value", "ci_low", "ci_high", "n")]
@@ -582,19 +582,26 @@ def print_report(doc: dict, out) -> None:
     t = Table(title=f"hostd tune --workload {doc['workload']}: policy fixed, {secs:g} s per point{more}, "
               f"{doc['vcpus']} vCPU(s); figures: value [95% interval], ? = unbounded", title_justify="left")
     wakes = [k for k in ("wake_p50_ns", "wake_p99_ns") if hib or k != f"wake_{doc['figure']}_ns"]
+    nb = doc.get("neighbour")
     for col in ("halt_poll_ns", doc["figure_label"], "share of best", "poll success", "host CPU / vCPU",
-                "halts (/s)", *(f"wake {k[5:8]} ns" for k in wakes)):
+                *(("neighbour lost",) if nb else ()), "halts (/s)", *(f"wake {k[5:8]} ns" for k in wakes)):
         t.add_column(col, justify="right")
     rec = doc["recommendation"]
     number = (lambda x: f"{x:,.0f}") if hib else si
     for p in doc["points"]:
         mark = " *" if p["budget_ns"] == rec["budget_ns"] else ""
         rate = "-" if p["halts_per_s"] is None else f"{p['halts_per_s']:,.{1 if p['halts_per_s'] < 10 else 0}f}"
+        lost = p.get("neighbour_cpu_lost_cores")
         cells = (f"{p['budget_ns']:,}{mark}", compact(p["figure"], number), _pct(p["share_of_best"]),
-                 _pct_ci(p["success_ratio"]), _pct(p["host_cpu_frac_per_vcpu"], 2), f"{p['halt_exits']:,} ({rate})",
+                 _pct_ci(p["success_ratio"]), _pct(p["host_cpu_frac_per_vcpu"], 2),
+                 *((("-" if lost is None else f"{lost:.3f} cores"),) if nb else ()), f"{p['halt_exits']:,} ({rate})",
                  *(compact(p[k], si) for k in wakes))
         t.add_row(*(Text(c) for c in cells))  # Text: brackets are data here, not rich markup
     console.print(t)
+    if nb:
+        console.print(f"neighbour: {neighbour.label(nb['duty'], nb['period_ns'])} on each vCPU's CPU; "
+                      "'neighbour lost' is the CPU it got alone (before the vCPUs ran) less what it got beside "
+                      "them, in cores")
     if doc["backend"] == "emu":
         console.print(f"emulator calibration: {calibration.name_of(doc['calibration'])}")
     idle = rec["idle_cost"]
@@ -667,14 +674,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_document(plan: Plan, points: list[dict], extra: dict) -> dict:
     rec = extra["recommendation"]
+    spec0 = plan.vm_spec(0)
     failures = [f"budget {p['budget_ns']}: {f}" for p in points for f in p["check_failures"]]
     failures += [f"idle run: {f}" for f in rec["idle_cost"].get("check_failures", [])]
     return {
         "command": "hostd tune",
-        "backend": plan.vm_spec(0).backend,  # kvm: "fixed" is the kernel's adaptive polling capped at each budget
-        "calibration": plan.vm_spec(0).calibration,
+        "backend": spec0.backend,  # kvm: "fixed" is the kernel's adaptive polling capped at each budget
+        "calibration": spec0.calibration,
         "workload": plan.workload,
-        "vcpus": plan.vm_spec(0).vcpus,
+        "vcpus": spec0.vcpus,
         "duration_s": plan.duration_s,
         "max_duration_s": plan.max_duration_s,
         "measured_s_per_point": extra["measured_s_per_point"],
@@ -686,6 +694,7 @@ def build_document(plan: Plan, points: list[dict], extra: dict) -> dict:
         "share_definition": ("figure / best" if plan.higher_is_better
                              else "(figure at budget 0 - figure) / (figure at budget 0 - best)"),
         "budgets_ns": plan.budgets,
+        "neighbour": None if spec0.neighbour is None else spec0.neighbour.to_dict(),
         "tsc_khz": plan.tsc_khz,
         "points": points,
         "recommendation": rec,

@@ -21,6 +21,9 @@ class TaskStats:
     def __sub__(self, other: "TaskStats") -> "TaskStats":
         return TaskStats(*(a - b for a, b in zip(self.astuple(), other.astuple())))
 
+    def __add__(self, other: "TaskStats") -> "TaskStats":
+        return TaskStats(*(a + b for a, b in zip(self.astuple(), other.astuple())))
+
     def astuple(self) -> tuple[int, ...]:
         return (self.cpu_ns, self.runq_wait_ns, self.ctx_voluntary, self.ctx_involuntary, self.migrations,
                 self.exit_cpu_ns)
@@ -102,47 +105,69 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_busy_s(cpus: list[int]) -> float:
-    """Seconds the given CPUs spent busy (any process, any mode) since boot, from /proc/stat."""
+    """Seconds the given CPUs spent busy (any process, any mode) since the monotonic clock's zero:
+    only differences mean anything.
+
+    Busy is elapsed time less idle and iowait, not the user/system columns: those are sampled at
+    the scheduler tick (4 ms at HZ=250), and a neighbour whose period divides evenly into the
+    tick's is seen always or never running (a 1 ms-on/1 ms-off spinner read 0.01 or 1.0 core
+    across runs here), while idle time is clocked at each idle entry and exit (NO_HZ idle).
+    Interrupt time is left out (our own I/O's completions land there); steal is in (a
+    hypervisor taking the CPU is a neighbour)."""
     want = {f"cpu{c}" for c in cpus}
-    busy = 0
+    idle = 0
+    now = time.monotonic()
     with open("/proc/stat") as f:
         for line in f:
             name, _, rest = line.partition(" ")
             if name in want:
-                v = [int(x) for x in rest.split()[:8]]
-                v += [0] * (8 - len(v))
-                # user nice system ... steal: interrupt time is left out (our own I/O's
-                # completions land there); steal is in (a hypervisor taking the CPU is a neighbour).
-                busy += v[0] + v[1] + v[2] + v[7]
-    return busy / _CLK_TCK
+                v = [int(x) for x in rest.split()[:7]]
+                v += [0] * (7 - len(v))
+                idle += v[3] + v[4] + v[5] + v[6]  # idle, iowait, irq, softirq
+    return len(want) * now - idle / _CLK_TCK
 
 
-def kernel_threads_cpu_s() -> float:
-    """CPU seconds of every kernel thread (children of kthreadd): the writeback and journal work
-    our own O_DSYNC writes cause runs there, so it is not counted as a neighbour."""
-    total = 0
+def kernel_threads_cpu_s() -> dict[int, float]:
+    """CPU seconds of each kernel thread (children of kthreadd), by pid: the writeback and journal
+    work our own O_DSYNC writes cause runs there, so it is not counted as a neighbour. Their
+    schedstat run time where the kernel has it: their tick-sampled utime/stime alias as the CPUs' do."""
+    out = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            if fields[1] != "2" and name != "2":  # ppid: kthreadd's children
+                continue
+            try:
+                with open(f"/proc/{name}/schedstat") as f:
+                    out[int(name)] = int(f.read().split()[0]) / 1e9
+            except FileNotFoundError:
+                out[int(name)] = (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
         except OSError:
             continue
-        if fields[1] == "2" or name == "2":  # ppid
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / _CLK_TCK
+    return out
 
 
-def own_cpu_s(pids: list[int]) -> float:
-    """CPU seconds of this process, the given children, and the kernel's threads."""
-    total = time.process_time() + kernel_threads_cpu_s()
+def own_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds by pid of this process, the given children, and the kernel's threads."""
+    out = kernel_threads_cpu_s()
+    out[os.getpid()] = time.process_time()
     for pid in pids:
         try:
-            total += process_stats(pid).cpu_ns / 1e9
+            out[pid] = process_stats(pid).cpu_ns / 1e9
         except (ProcessLookupError, OSError):
             pass
-    return total
+    return out
+
+
+def own_cpu_s_since(before: dict[int, float], pids: list[int]) -> float:
+    """Our CPU seconds since `before` (an own_cpu() snapshot), task by task: kernel workers come and
+    go, and a sum's difference would lose a whole lifetime's CPU with each one that exits (a run
+    read 2.1 cores of others' load on 2 CPUs that way). One born since counts from zero; one gone
+    since counts nothing (what it ran in between is unknown)."""
+    return sum(s - before.get(pid, 0.0) for pid, s in own_cpu(pids).items())
 
 
 def foreign_load(busy_s: float, own_s: float, window_s: float) -> float:

@@ -147,10 +147,36 @@ def build(vm: Vm, tsc_khz: int) -> dict:
             "submit_wait_ns": percentiles(_arr(dev, "submit_wait_ns")),
             "io_service_ns": percentiles(_arr(dev, "io_service_ns")),
         },
+        # What polling cost the host's other tasks: the CPU our neighbours got beside the VM, against
+        # what they got alone on the same CPUs just before (DESIGN §5).
+        "neighbour": neighbour_block(vm, elapsed_ns),
         "checks": _kvm_checks(vcpus, ok) if kvm else {
             "exactly_once": all(v["accounting"]["exactly_once"] for v in vcpus), "lost_wakeup": lost,
             "late_wakeup": late, "ok": ok},
     }
+
+
+def neighbour_block(vm: Vm, elapsed_ns: int) -> dict | None:
+    """duty, period_ns, cpus; cpu_cores (the neighbours' CPU in the window, in cores, summed over
+    them), alone_cpu_cores (the same over their baseline, before the vCPUs ran) and cpu_lost_cores
+    (alone - window); runq_wait_us_per_period and alone_runq_wait_us_per_period: how long a
+    neighbour waited for its CPU each period, on average (schedstat's run_delay), beside the VM and
+    alone: a poll that does not give way makes it wait. None without --neighbour."""
+    n, alone = vm.spec.neighbour, vm.neighbour_alone
+    if n is None or alone is None:
+        return None
+    cores = round(vm.window.neighbour.cpu_ns / elapsed_ns, 4)
+    alone_cores = alone.cores
+    cpus = vm.spec.neighbour_cpus()
+
+    def wait_us(waited_ns: int, window_ns: int) -> float:
+        periods = max(1, len(cpus) * window_ns // n.period_ns)
+        return round(waited_ns / periods / 1e3, 1)
+
+    return {"duty": n.duty, "period_ns": n.period_ns, "cpus": cpus,
+            "cpu_cores": cores, "alone_cpu_cores": alone_cores, "cpu_lost_cores": round(alone_cores - cores, 4),
+            "runq_wait_us_per_period": wait_us(vm.window.neighbour.runq_wait_ns, elapsed_ns),
+            "alone_runq_wait_us_per_period": wait_us(alone.stats.runq_wait_ns, alone.window_ns)}
 
 
 RR_SPAN = "guest clock right before sending the request -> guest clock once it runs again after the answer's interrupt"

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from hostd.plumbing import backend, calibration
 from hostd.plumbing.backend import add_backend_option
 from hostd.plumbing.errors import UsageError
+from hostd.plumbing.neighbour import NeighbourSpec, add_neighbour_option, parse_neighbour
 from irqsrc.sources import io_base_dir
 from vcpu.guest import WORKLOADS
 from vcpu.policy import PolicySpec
@@ -49,12 +50,19 @@ class VmSpec:
     irqfds: list[int] | None = None  # kvm: one eventfd per vCPU, the device's irqfd into that VM
     submit_fds: list[int] | None = None  # io, rr: one eventfd per vCPU, its submit notify to the device
     calibration: dict | None = None  # emu: the profile applied (calibration.Profile.to_dict()), or None
+    neighbour: NeighbourSpec | None = None  # --neighbour: one per vCPU CPU, spinning a duty cycle
     extra: dict = field(default_factory=dict)
 
     def to_wire(self) -> dict:
         d = asdict(self)
         d["policy"] = self.policy.to_dict()
         return d
+
+    def neighbour_cpus(self) -> list[int]:
+        """The CPUs that get a neighbour: each vCPU's, once (none without --neighbour)."""
+        if self.neighbour is None or self.vcpu_cpus is None:
+            return []
+        return sorted(set(self.vcpu_cpus))
 
     def real_io(self) -> bool:
         """The device does real O_DSYNC writes to a file (io without --io-service-ns)."""
@@ -151,6 +159,7 @@ def add_vm_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-pin", action="store_true", help="do not pin: let the scheduler migrate the processes")
     add_backend_option(g)
     calibration.add_calibration_option(g)
+    add_neighbour_option(g)
     w = p.add_argument_group("workload")
     w.add_argument("--workload", default="timer", metavar="{idle,io,timer,rr}",
                    help="timer: arm a TSC-deadline-like timer, halt, measure wake - deadline; "
@@ -243,6 +252,9 @@ def vm_spec_from_args(args: argparse.Namespace, policy: PolicySpec, vm: str = "v
     vcpus = parse_int("--vcpus", args.vcpus, 1, 256)
     if args.workload not in WORKLOADS:
         raise UsageError(f"--workload: unknown workload {args.workload!r} (choose from {', '.join(WORKLOADS)})")
+    neighbour = None if args.neighbour is None else parse_neighbour(args.neighbour)
+    if neighbour is not None and args.no_pin:
+        raise UsageError("--neighbour: a neighbour is pinned to each vCPU's CPU; not with --no-pin")
     profile = profile_from_args(args)  # first: a profile given to kvm is wrong wherever kvm runs
     backend.check(args.backend, policy, args.kvm_module_params)
     vcpu_cpus, device_cpu, overcommit = place(vcpus, args.cpus, args.device_cpu, args.no_pin)
@@ -275,6 +287,7 @@ def vm_spec_from_args(args: argparse.Namespace, policy: PolicySpec, vm: str = "v
         io_service_ns=io_service_ns,
         backend=args.backend,
         calibration=profile.to_dict() if profile else None,
+        neighbour=neighbour,
         extra={"bare": True} if args.rr_bare else {},
     )
 

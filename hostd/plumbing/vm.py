@@ -23,12 +23,17 @@ import zmq
 
 from hostd.plumbing import hoststats, signals
 from hostd.plumbing.backend import KVM_UNKNOWN
+from hostd.plumbing.neighbour import baseline_ns
 from hostd.plumbing.spec import VmSpec, default_io_dir, fs_type
 from vcpu import abi, kvm_trace
 
 READY_TIMEOUT_S = 20.0
 REPORT_TIMEOUT_S = 10.0
 EXIT_GRACE_S = 2.0
+NEIGHBOUR_BASELINE_NS = 300_000_000  # the neighbours alone, before the vCPUs run: at least this long
+
+# What a child is. Only vCPUs have an index; the neighbours are ours but no part of the VM.
+VCPU, DEVICE, NEIGHBOUR = "vcpu", "device", "neighbour"
 
 
 class ChildDied(RuntimeError):
@@ -37,9 +42,11 @@ class ChildDied(RuntimeError):
 
 @dataclass
 class Child:
-    name: str  # "vcpu0", "irqsrc"
+    name: str  # "vcpu0", "irqsrc", "neighbour1" (the neighbour on CPU 1)
     proc: subprocess.Popen
-    index: int | None = None
+    index: int | None = None  # a vCPU's index
+    role: str = VCPU  # VCPU, DEVICE or NEIGHBOUR
+    cpu: int | None = None  # a neighbour's CPU
 
     @property
     def pid(self) -> int:
@@ -61,11 +68,27 @@ class Window:
     tasks: dict[int, hoststats.TaskStats]
     idle: dict[int, dict[str, int]]
     busy_s: float = 0.0  # the VM's CPUs' busy time and our own CPU time, at the start
-    own_s: float = 0.0
+    own: dict[int, float] = field(default_factory=dict)  # hoststats.own_cpu() at the start
     t1_ns: int = 0
     delta: dict[int, hoststats.TaskStats] = field(default_factory=dict)
     idle_delta: dict[int, dict[str, int]] = field(default_factory=dict)
     foreign_load: float = 0.0
+    # The neighbours' CPU time and run-queue wait, summed: at the start, then over the window.
+    neighbour: hoststats.TaskStats = field(default_factory=hoststats.TaskStats)
+
+
+@dataclass
+class NeighbourAlone:
+    """The neighbours' baseline: their CPU time over a whole number of periods with the VM's vCPUs
+    started but not yet running (blocked, waiting for H_RUN)."""
+
+    stats: hoststats.TaskStats
+    window_ns: int
+
+    @property
+    def cores(self) -> float:
+        """Their CPU over the baseline in cores, summed over the neighbours, to 4 places."""
+        return round(self.stats.cpu_ns / max(1, self.window_ns), 4)
 
 
 class Vm:
@@ -88,6 +111,8 @@ class Vm:
         self._device: zmq.Socket | None = None
         self._closed = False
         self._affinity = os.sched_getaffinity(0)
+        self.neighbour_alone: NeighbourAlone | None = None
+        self._ready: set[str] = set()  # children that said they are ready
 
     # --- start ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -128,7 +153,8 @@ class Vm:
         self._ctl.bind(abi.control_endpoint(self.run_dir))
         irqfds, submit_fds = spec.irqfds or [], spec.submit_fds or []
         try:
-            self._spawn("irqsrc", ["-m", "irqsrc", "--run-dir", self.run_dir], pass_fds=irqfds + submit_fds)
+            self._spawn("irqsrc", ["-m", "irqsrc", "--run-dir", self.run_dir], role=DEVICE,
+                        pass_fds=irqfds + submit_fds)
             for i in range(spec.vcpus):
                 self._spawn(f"vcpu{i}", ["-m", "vcpu", "--run-dir", self.run_dir, "--index", str(i)], i,
                             pass_fds=irqfds[i:i + 1] + submit_fds[i:i + 1])
@@ -141,13 +167,57 @@ class Vm:
         self._await_ready()
         self._device = self._push(abi.device_endpoint(self.run_dir))
         self._kicks = [self._push(abi.kick_endpoint(self.run_dir, i)) for i in range(spec.vcpus)]
+        if spec.neighbour is not None:
+            self._start_neighbours()
         if spec.vcpu_cpus is not None:
             self._check_pinning()
+        if spec.neighbour is not None:
+            self._neighbours_baseline()
 
-    def _spawn(self, name: str, argv: list[str], index: int | None = None, pass_fds=()) -> None:
+    def _spawn(self, name: str, argv: list[str], index: int | None = None, pass_fds=(), role: str = VCPU,
+               cpu: int | None = None) -> None:
         with signals.deferred():  # a child runs only once close() can see it
             proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, pass_fds=pass_fds)
-            self.children.append(Child(name, proc, index))
+            self.children.append(Child(name, proc, index, role, cpu))
+
+    def _start_neighbours(self) -> None:
+        """One neighbour per vCPU CPU, started once the VM's own processes are up (so it never slows
+        their start), the vCPUs blocked waiting for H_RUN."""
+        n = self.spec.neighbour
+        for cpu in self.spec.neighbour_cpus():
+            self._spawn(f"neighbour{cpu}", ["-m", "hostd.plumbing.neighbour", "--cpu", str(cpu),
+                                            "--duty-ns", str(n.duty_ns), "--period-ns", str(n.period_ns),
+                                            "--name", f"{self.spec.vm}/neighbour{cpu}", "--run-dir", self.run_dir],
+                        role=NEIGHBOUR, cpu=cpu)
+        self._await_ready()
+        # Each said ready through ZeroMQ, whose threads it then ends: once they are gone, its CPU
+        # time is its spin's alone (a thread that ends takes its run time out of /proc/PID/task).
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while any(len(os.listdir(f"/proc/{c.pid}/task")) > 1 for c in self.neighbours()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("timed out waiting for the neighbours to start spinning")
+            time.sleep(0.002)
+            self.check_children()
+
+    def _neighbours_baseline(self) -> None:
+        """The CPU the neighbours get alone on their CPUs: a whole number of their periods before
+        the vCPUs run (they are blocked on their kick sockets until go())."""
+        length = baseline_ns(self.spec.neighbour.period_ns, NEIGHBOUR_BASELINE_NS)
+        t0, stats0 = time.monotonic_ns(), self.neighbour_stats()
+        while (left := t0 + length - time.monotonic_ns()) > 0:
+            time.sleep(min(0.05, left / 1e9))
+            self.check_children()
+        self.neighbour_alone = NeighbourAlone(self.neighbour_stats() - stats0, time.monotonic_ns() - t0)
+
+    def neighbours(self) -> list[Child]:
+        return [c for c in self.children if c.role == NEIGHBOUR]
+
+    def neighbour_stats(self) -> hoststats.TaskStats:
+        """The neighbours' CPU time and run-queue wait so far, summed (/proc/PID/task/*/schedstat)."""
+        total = hoststats.TaskStats()
+        for c in self.neighbours():
+            total = total + hoststats.process_stats(c.pid)
+        return total
 
     def _push(self, endpoint: str) -> zmq.Socket:
         s = self._ctx.socket(zmq.PUSH)
@@ -170,17 +240,20 @@ class Vm:
                 raise TimeoutError("timed out waiting for the VM's processes")
 
     def _await_ready(self) -> None:
+        """Every child started so far has said it is ready."""
         deadline = time.monotonic() + READY_TIMEOUT_S
-        waiting = {c.name for c in self.children}
+        waiting = {c.name for c in self.children} - self._ready
         while waiting:
             msg = self._recv_ctl(deadline)
             if msg.get("kind") == "ready":
-                waiting.discard("irqsrc" if msg["who"] == "irqsrc" else f"vcpu{msg['index']}")
+                self._ready.add(_who(msg))
+                waiting.discard(_who(msg))
 
     def _check_pinning(self) -> None:
         """Each child's main thread on its CPU (the children place their I/O threads themselves)."""
         for c in self.children:
-            cpu = self.spec.device_cpu if c.index is None else self.spec.vcpu_cpus[c.index]
+            cpu = (self.spec.vcpu_cpus[c.index] if c.role == VCPU else c.cpu if c.role == NEIGHBOUR
+                   else self.spec.device_cpu)
             if os.sched_getaffinity(c.pid) != {cpu}:
                 os.sched_setaffinity(c.pid, {cpu})
 
@@ -189,7 +262,8 @@ class Vm:
         """Start the guests and open the measurement window."""
         cpus = self._cpus()
         self.window = Window(time.monotonic_ns(), self._task_stats(), hoststats.cpuidle_usage(cpus),
-                             hoststats.cpu_busy_s(cpus), hoststats.own_cpu_s(self.child_pids()))
+                             hoststats.cpu_busy_s(cpus), hoststats.own_cpu(self.child_pids()),
+                             neighbour=self.neighbour_stats())
         self.started_ns = self.window.t0_ns
         self.words[abi.H_RUN] = 1
         for k in self._kicks:
@@ -206,7 +280,7 @@ class Vm:
         return {
             c.index: hoststats.process_stats(c.pid, None if cpus is None else cpus[c.index])
             for c in self.children
-            if c.index is not None
+            if c.role == VCPU
         }
 
     def check_children(self, names: set[str] | None = None) -> None:
@@ -216,9 +290,13 @@ class Vm:
                 raise ChildDied(why)
 
     def vcpu_pids(self) -> list[int]:
-        return [c.pid for c in self.children if c.index is not None]
+        return [c.pid for c in self.children if c.role == VCPU]
+
+    def device(self) -> Child:
+        return next(c for c in self.children if c.role == DEVICE)
 
     def child_pids(self) -> list[int]:
+        """Every process of ours, the neighbours included: none of them is a foreign load."""
         return [c.pid for c in self.children]
 
     def counters(self, index: int) -> dict[str, int]:
@@ -252,16 +330,22 @@ class Vm:
             win.t1_ns = time.monotonic_ns()
             win.foreign_load = hoststats.foreign_load(
                 hoststats.cpu_busy_s(self._cpus()) - win.busy_s,
-                hoststats.own_cpu_s(self.child_pids()) - win.own_s,
+                hoststats.own_cpu_s_since(win.own, self.child_pids()),
                 (win.t1_ns - win.t0_ns) / 1e9,
             )
             end = self._task_stats()
             win.delta = {i: end[i] - win.tasks[i] for i in end}
+            win.neighbour = self.neighbour_stats() - win.neighbour
             idle_end = hoststats.cpuidle_usage(self._cpus())
             win.idle_delta = {
                 cpu: {s: n - win.idle.get(cpu, {}).get(s, 0) for s, n in states.items()}
                 for cpu, states in idle_end.items()
             }
+        # The neighbours end with the window (nobody waits for a report of theirs); one that died
+        # before it closed fails the run, as a dead vCPU does.
+        self.check_children({c.name for c in self.neighbours()})
+        for c in self.neighbours():
+            c.proc.terminate()
         deadline = time.monotonic() + REPORT_TIMEOUT_S
         # vCPUs first: a vCPU blocked on a deadline must never wait on a device that has
         # stopped firing (its safety net would call that a lost wakeup). The tallies are read
@@ -282,7 +366,7 @@ class Vm:
         while missing := names - self.reports.keys():
             msg = self._recv_ctl(deadline, missing)
             if msg.get("kind") == "report":
-                self.reports["irqsrc" if msg["who"] == "irqsrc" else f"vcpu{msg['index']}"] = msg
+                self.reports[_who(msg)] = msg
 
     # --- teardown -------------------------------------------------------------------------
     def close(self) -> None:
@@ -320,3 +404,13 @@ class Vm:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _who(msg: dict) -> str:
+    """The child a control message is from, by its Child.name."""
+    who = msg["who"]
+    if who == "irqsrc":
+        return "irqsrc"
+    if who == "neighbour":
+        return f"neighbour{msg['cpu']}"
+    return f"vcpu{msg['index']}"

@@ -22,7 +22,7 @@ import zmq
 
 from hostd.service import control
 
-from hostd.plumbing import hoststats
+from hostd.plumbing import hoststats, neighbour
 
 from hostd.experiments import report
 from hostd.service.control import Client, DaemonError, NoDaemon, ProtocolError
@@ -270,7 +270,7 @@ class Daemon:
 
     def _describe(self, rec: Served) -> dict:
         spec, vm = rec.spec, rec.vm
-        dev = next(c for c in vm.children if c.index is None)
+        dev = vm.device()
         states = []
         for i in range(spec.vcpus):
             s = vm.words[abi.slot_base(i) + abi.STATE]
@@ -285,6 +285,7 @@ class Daemon:
             "device": {"pid": dev.pid, "cpu": spec.device_cpu},
             "vcpu": [{"index": i, "pid": pid, "cpu": None if spec.vcpu_cpus is None else spec.vcpu_cpus[i],
                       "state": states[i]} for i, pid in enumerate(vm.vcpu_pids())],
+            "neighbour": _describe_neighbour(vm),
         }
 
     def cmd_ps(self, req: dict) -> dict:
@@ -310,6 +311,11 @@ class Daemon:
                 vcpus.append({**d["vcpu"][i], "counters": counters, "hist": hist, "host": host})
             d["vcpus"] = vcpus
             del d["vcpu"]
+            for proc in (d["neighbour"] or {}).get("procs", []):
+                try:
+                    proc["cpu_ns"] = hoststats.process_stats(proc["pid"]).cpu_ns
+                except (ProcessLookupError, OSError, ValueError):
+                    proc["cpu_ns"] = None
             vms.append(d)
         return {"t_ns": time.monotonic_ns(), "time": time.time(), "vms": vms}
 
@@ -396,6 +402,18 @@ class Daemon:
                     os.unlink(ep[len("ipc://"):])
                 except FileNotFoundError:
                     pass
+
+
+def _describe_neighbour(vm: Vm) -> dict | None:
+    """The VM's neighbours (--neighbour): their duty cycle, processes, and the CPU they got alone
+    (cores, summed) in the baseline before the vCPUs ran. None without."""
+    n = vm.spec.neighbour
+    if n is None:
+        return None
+    alone = vm.neighbour_alone
+    return {"duty": n.duty, "period_ns": n.period_ns,
+            "alone_cpu_cores": None if alone is None else alone.cores,
+            "procs": [{"name": c.name, "pid": c.pid, "cpu": c.cpu} for c in vm.neighbours()]}
 
 
 def _check_cpu_text(text: object) -> None:
@@ -557,6 +575,11 @@ def main_launch(args: argparse.Namespace) -> int:
     cpus = [v["cpu"] for v in rep["vcpu"]]
     sys.stderr.write(f"{rep['vm']}: {rep['vcpus']} vCPU(s) pids {[v['pid'] for v in rep['vcpu']]} on CPUs {cpus}, "
                      f"device pid {rep['device']['pid']} on CPU {rep['device']['cpu']}\n")
+    if rep.get("neighbour"):
+        n = rep["neighbour"]
+        sys.stderr.write(f"{rep['vm']}: neighbour {neighbour.label(n['duty'], n['period_ns'])} pids "
+                         f"{[p['pid'] for p in n['procs']]} on CPUs {[p['cpu'] for p in n['procs']]}, "
+                         f"{n['alone_cpu_cores']:.3f} cores alone\n")
     if rep.get("shares_cpus_with"):
         sys.stderr.write(f"{rep['vm']}: note: its vCPUs share CPUs with {', '.join(rep['shares_cpus_with'])}"
                          " (overcommit across VMs)\n")
@@ -595,16 +618,18 @@ def main_ps(args: argparse.Namespace) -> int:
     out.write(f"daemon pid {d['pid']}, up {_uptime(d['uptime_s'])}, {len(rep['vms'])} VM(s), "
               f"{' '.join(d['endpoints'])}{', metrics ' + d['metrics'] if d['metrics'] else ''}\n")
     if rep["vms"]:
-        out.write(f"{'VM':<6} {'UPTIME':>9} {'WORKLOAD':<8} {'POLICY':<15} {'PROC':<8} {'PID':>8} {'CPU':>4} "
+        out.write(f"{'VM':<6} {'UPTIME':>9} {'WORKLOAD':<8} {'POLICY':<15} {'PROC':<10} {'PID':>8} {'CPU':>4} "
                   f"{'STATE':<9} PARAMS\n")
     for vm in rep["vms"]:
         dev = vm["device"]
         out.write(f"{vm['id']:<6} {_uptime(vm['uptime_s']):>9} {vm['workload']:<8} {vm['policy']:<15} "
-                  f"{'irqsrc':<8} {dev['pid']:>8} {_cpu(dev['cpu']):>4} {'':<9} {_params(vm)}"
+                  f"{'irqsrc':<10} {dev['pid']:>8} {_cpu(dev['cpu']):>4} {'':<9} {_params(vm)}"
                   f"{'  (overcommit)' if vm['overcommit'] else ''}\n")
         for v in vm["vcpu"]:
-            out.write(f"{'':<6} {'':>9} {'':<8} {'':<15} {'vcpu' + str(v['index']):<8} {v['pid']:>8} "
+            out.write(f"{'':<6} {'':>9} {'':<8} {'':<15} {'vcpu' + str(v['index']):<10} {v['pid']:>8} "
                       f"{_cpu(v['cpu']):>4} {v['state']:<9}\n")
+        for n in (vm.get("neighbour") or {}).get("procs", []):
+            out.write(f"{'':<6} {'':>9} {'':<8} {'':<15} {n['name']:<10} {n['pid']:>8} {_cpu(n['cpu']):>4}\n")
     if args.all and rep["ended"]:
         out.write("ended:\n")
         for e in rep["ended"]:

@@ -21,6 +21,7 @@ import sys
 import time
 
 from hostd.service.control import Client, DaemonError, NoDaemon
+from hostd.plumbing import neighbour
 from hostd.plumbing.errors import UsageError
 from vcpu import abi
 
@@ -150,8 +151,24 @@ def compute(cur: dict, prev: dict | None, pattern: re.Pattern | None) -> dict:
             "totals": {k: x for k, x in totals.items() if keep(k)},
             "rates": {k: x for k, x in rates.items() if keep(k)},
             "vcpus": vcpus,
+            "neighbour": _neighbour(vm.get("neighbour"), (pvm or {}).get("neighbour"), dt),
         })
     return {"time": cur["time"], "interval_s": round(dt, 3), "vms": vms}
+
+
+def _neighbour(cur: dict | None, prev: dict | None, dt: float) -> dict | None:
+    """The VM's neighbours (--neighbour): the CPU they got over the interval (cores, summed), what
+    they got alone before the vCPUs ran, and the difference: what the VM costs them now."""
+    if not cur:
+        return None
+    before = {p["pid"]: p["cpu_ns"] for p in (prev or {}).get("procs", [])}
+    used = [p["cpu_ns"] - before[p["pid"]] for p in cur["procs"]
+            if p.get("cpu_ns") is not None and before.get(p["pid"]) is not None]
+    cores = sum(used) / (dt * 1e9) if used and len(used) == len(cur["procs"]) and dt > 0 else None
+    alone = cur["alone_cpu_cores"]
+    return {"duty": cur["duty"], "period_ns": cur["period_ns"], "cpus": [p["cpu"] for p in cur["procs"]],
+            "pids": [p["pid"] for p in cur["procs"]], "cpu_cores": cores, "alone_cpu_cores": alone,
+            "cpu_lost_cores": None if cores is None or alone is None else alone - cores}
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -188,6 +205,11 @@ def render_table(view: dict, width: int | None = None) -> str:
         lines.append("")
         lines.append(f"{vm['id']}  {vm['workload']}  policy {vm['policy']}  {params}  "
                      f"{len(vm['vcpus'])} vCPU(s)  up {int(vm['uptime_s'])} s")
+        n = vm.get("neighbour")
+        if n:
+            lines.append(f" neighbour {neighbour.label(n['duty'], n['period_ns'])} on CPU(s) "
+                         f"{','.join(map(str, n['cpus']))}: {_cores(n['cpu_cores'])} cores now, "
+                         f"{_cores(n['alone_cpu_cores'])} alone, lost {_cores(n['cpu_lost_cores'])} to the VM")
         vcpus = vm["vcpus"]
         shown = len(vcpus)
         if width:
@@ -224,6 +246,10 @@ def render_table(view: dict, width: int | None = None) -> str:
     lines.append("")
     lines.append("histogram rows: log2-bucket upper bounds, since launch | over the interval")
     return "\n".join(lines)
+
+
+def _cores(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def param_text(vm: dict) -> str:
