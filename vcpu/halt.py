@@ -306,10 +306,8 @@ class VCpu:
         off_cpu = False
         if budget:
             w[self.i_state] = abi.POLLING
-            # Baselines for the preemption checks: only what happens during this poll counts.
+            # Baseline for the preemption check: only switches during this poll count.
             self.nivcsw = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
-            if self.runqueue is not None:
-                self.runqueue.streak = 0
             why = self._spin(start + budget, True)
             if why == IRQ:
                 poll_end = self.hit_ns

@@ -35,7 +35,9 @@ class RunQueue:
         self.fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
         self.buf = bytearray(128)
         self.bufs = [self.buf]
-        self.streak = 0  # looks in a row that saw another task; each poll starts it at 0
+        # Looks in a row that saw another task, across polls: a task still waiting when the next
+        # halt begins ends that poll at its first look, as the kernel's would at once.
+        self.streak = 0
 
     def others_runnable(self) -> bool:
         """True once two looks in a row saw more runnable tasks than this vCPU and ours elsewhere."""
