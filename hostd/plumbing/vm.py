@@ -126,7 +126,14 @@ class Vm:
                 self.io_dir = tempfile.mkdtemp(prefix=abi.run_dir_prefix(spec.vm, os.getpid()),
                                                dir=default_io_dir())
                 spec.io_dir, spec.io_file = self.io_dir, os.path.join(self.io_dir, "disk.img")
-            self._shm = shared_memory.SharedMemory(spec.shm, create=True, size=abi.segment_size(spec.vcpus))
+            try:
+                self._shm = shared_memory.SharedMemory(spec.shm, create=True, size=abi.segment_size(spec.vcpus))
+            except BrokenPipeError:
+                # Made, then not registered: multiprocessing's resource tracker, a child of this same
+                # interpreter, did not start (one this user may not run). Ours to remove, and to say.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join("/dev/shm", spec.shm))
+                raise ChildDied(f"cannot start multiprocessing's resource tracker with {sys.executable}") from None
         w = self.words = self._shm.buf.cast("Q")
         w[abi.H_MAGIC] = abi.MAGIC
         w[abi.H_NVCPUS] = spec.vcpus
@@ -177,7 +184,10 @@ class Vm:
     def _spawn(self, name: str, argv: list[str], index: int | None = None, pass_fds=(), role: str = VCPU,
                cpu: int | None = None) -> None:
         with signals.deferred():  # a child runs only once close() can see it
-            proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, pass_fds=pass_fds)
+            try:
+                proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, pass_fds=pass_fds)
+            except OSError as exc:  # e.g. an interpreter this user may not run: one line, not a traceback
+                raise ChildDied(f"cannot start {name}: {exc.strerror}: {sys.executable}") from None
             self.children.append(Child(name, proc, index, role, cpu))
 
     def _start_neighbours(self) -> None:
@@ -390,7 +400,10 @@ class Vm:
             self.words.release()
         if self._shm is not None:
             self._shm.close()
-            with contextlib.suppress(FileNotFoundError):  # someone removed it under us: gone either way
+            # FileNotFoundError: someone removed it under us, gone either way. BrokenPipeError: the
+            # segment is unlinked, then multiprocessing's resource tracker, a child of the same
+            # interpreter, could not be told (it failed to start with it).
+            with contextlib.suppress(FileNotFoundError, BrokenPipeError):
                 self._shm.unlink()
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
