@@ -174,6 +174,7 @@ class VCpu:
         n = 0
         ack = self.ack
         inner = range(LOOKS)
+        rq = self.runqueue if watch_preempt else None
         while True:
             # Tight inner loop on the pending word alone; the clock once per pass.
             for _ in inner:
@@ -192,7 +193,6 @@ class VCpu:
                 if self.siblings and not n & SIBLING_CHECK_MASK and self._sibling_runnable():
                     self.stop_ns, self.off_cpu = t, False
                     return PREEMPTED
-                rq = self.runqueue
                 if rq is not None and not n & RUNQUEUE_CHECK_MASK and rq.others_runnable():
                     if not rq.device_awake():
                         self.stop_ns, self.off_cpu = t, False
