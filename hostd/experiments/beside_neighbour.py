@@ -44,6 +44,10 @@ TIMER_CAP_NS = 2_000_000  # adaptive's cap for the timer; io's is the seed's 2,0
 # Each cell with a neighbour also spends NEIGHBOUR_BASELINE_NS with the neighbour alone first.
 DURATION_S = {False: 1.0, True: 0.5}
 REPEAT = 1
+# adaptive's cells carry the fidelity rows, and one 1 s run decides them by a few halts: its wake p50
+# sits where polled and blocked wakes meet, so a run's share of each moves it by 2x. The full
+# comparison takes the median of this many of those runs (about 40 s more on 2 cores); --quick one.
+ADAPTIVE_REPEAT = {False: 3, True: 1}
 # The verdict's words: successful polls that fell by this many points "gave way"; a neighbour that
 # lost this much more CPU under one policy than another lost "more".
 GAVE_WAY_POINTS = 10.0
@@ -93,16 +97,22 @@ class Cell:
                 f"{self.policy}/r{self.repeat}")
 
 
+def repeats(plan: Plan, policy: str) -> int:
+    return max(plan.neighbour_repeat, plan.neighbour_adaptive_repeat) if policy == "adaptive" else plan.neighbour_repeat
+
+
 def cells(plan: Plan) -> list[Cell]:
     """The experiment's runs in order: repeats outermost, then cases, workloads, policies (their
-    order rotated per case and repeat), each on every backend in turn, back to back."""
+    order rotated per case and repeat; a policy's cells end with its repeats), each on every
+    backend in turn, back to back."""
     out = []
-    for r in range(1, plan.neighbour_repeat + 1):
+    for r in range(1, max(repeats(plan, p) for p in POLICIES) + 1):
         for i, n in enumerate(cases(plan)):
             for wl in WORKLOADS:
                 k = (r - 1 + i) % len(POLICIES)
                 for pol in POLICIES[k:] + POLICIES[:k]:
-                    out += [Cell(r, n, wl, pol, b) for b in plan.backends if b == "emu" or pol in KVM_POLICIES]
+                    if r <= repeats(plan, pol):
+                        out += [Cell(r, n, wl, pol, b) for b in plan.backends if b == "emu" or pol in KVM_POLICIES]
     return out
 
 
@@ -213,7 +223,8 @@ def document(plan: Plan, runs: list[dict]) -> dict:
             "cases": [{"key": case_key(n), "label": case_label(n), "duty": n and n.duty, "period_ns": n and n.period_ns}
                       for n in cases(plan)],
             "workloads": list(WORKLOADS), "policies": list(POLICIES), "kvm_policies": list(KVM_POLICIES),
-            "repeat": plan.neighbour_repeat, "duration_s": plan.neighbour_duration,
+            "repeat": plan.neighbour_repeat, "adaptive_repeat": repeats(plan, "adaptive"),
+            "duration_s": plan.neighbour_duration,
             "interval_us": DEFAULT_INTERVAL_US,
             "order": "after the seed's experiments; repeats outermost, then cases (alone first), timer then io, "
                      "the policy order rotated per case and repeat, each cell on every backend back to back",
@@ -304,6 +315,8 @@ def heading(doc: dict) -> str:
     nb = doc["neighbour"]["config"]
     cfg = doc["config"]
     runs = "one run" if nb["repeat"] == 1 else f"the median of {nb['repeat']} runs"
+    if nb["adaptive_repeat"] != nb["repeat"]:
+        runs += f" (adaptive: the median of {nb['adaptive_repeat']})"
     return (f"Beside a neighbour: a process of ours pinned to the vCPU's CPU spinning its duty of every period "
             f"(1 vCPU; {runs} of {nb['duration_s']:g} s per cell; the seed's experiments above keep their "
             f"own). adaptive capped at {nb['cap_ns']['timer']:,} ns (timer, {nb['interval_us']} us deadlines) "

@@ -116,6 +116,7 @@ class Plan:
     # The fourth experiment (beside_neighbour): its neighbours, runs per cell and seconds per run.
     neighbours: tuple[NeighbourSpec, ...] = beside_neighbour.DEFAULT_NEIGHBOURS
     neighbour_repeat: int = beside_neighbour.REPEAT
+    neighbour_adaptive_repeat: int = beside_neighbour.REPEAT
     neighbour_duration: float = beside_neighbour.DURATION_S[False]
 
     def duration(self, experiment: str, backend: str) -> float:
@@ -781,7 +782,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "instead of under 5)")
     p.add_argument("--repeat", metavar="N",
                    help=f"runs per cell; each cell shows their median and min-max (default {DEFAULT_REPEAT}, "
-                   f"or 1 with --quick; beside a neighbour {beside_neighbour.REPEAT} unless given)")
+                   f"or 1 with --quick; beside a neighbour {beside_neighbour.REPEAT}, adaptive's "
+                   f"{beside_neighbour.ADAPTIVE_REPEAT[False]} ({beside_neighbour.ADAPTIVE_REPEAT[True]} with --quick), "
+                   "unless given)")
     p.add_argument("--tick-hz", default=str(DEFAULT_TICK_HZ), metavar="HZ",
                    help=f"idle guest tick per vCPU (default {DEFAULT_TICK_HZ}: a NOHZ Linux guest, ~10 halts/s "
                    "for 4 vCPUs; 100 for a Windows-like guest)")
@@ -832,6 +835,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                 durations=dict(DURATIONS[bool(args.quick)]), backends=backends, kvm_unavailable=kvm_unavailable,
                 calibration=profile.to_dict() if profile else None, neighbours=beside_neighbour.neighbours(extra),
                 neighbour_repeat=beside_neighbour.REPEAT if args.repeat is None else repeat,
+                neighbour_adaptive_repeat=beside_neighbour.ADAPTIVE_REPEAT[bool(args.quick)] if args.repeat is None
+                else repeat,
                 neighbour_duration=beside_neighbour.DURATION_S[bool(args.quick)])
 
 
