@@ -14,6 +14,7 @@ from hostd.experiments import beside_neighbour, compare
 from hostd.plumbing import hoststats
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.neighbour import NeighbourSpec
+from tests import json_keys
 
 
 # --- pure aggregation ---------------------------------------------------------------------------
@@ -278,10 +279,13 @@ def test_neighbours_given_are_added_to_the_fourth_experiment_only(tmp_path) -> N
     assert plan.neighbour_repeat == 1 and plan.neighbour_duration == 1.0 and plan.repeat == 3
     cells = beside_neighbour.cells(plan)
     assert {c.case for c in cells} == {"alone", "10%:2ms", "50%:2ms", "25%:2ms"}
-    assert len(cells) == 4 * 2 * 3  # cases x (timer, io) x (none, adaptive, guest-haltpoll), the emulator alone
+    # cases x (timer, io) x (none, adaptive, guest-haltpoll), the emulator alone; adaptive's twice more
+    assert len(cells) == 4 * 2 * 3 + 4 * 2 * 2
+    assert sorted(c.repeat for c in cells if c.policy == "adaptive" and c.case == "alone" and c.workload == "io") == [1, 2, 3]
     assert all(spec.neighbour is None for _, e, p, b in plan.cells() for spec in [plan.vm_spec(e, p, b)])
     quick = compare.plan_from_args(_args("--quick", "--repeat", "2", "--out", str(tmp_path / "o")))
     assert quick.neighbour_repeat == 2 and quick.neighbour_duration == beside_neighbour.DURATION_S[True]
+    assert beside_neighbour.repeats(quick, "adaptive") == 2 == len({c.repeat for c in beside_neighbour.cells(quick)})
     # adaptive capped at 2 ms for the timer, the seed's 2M cycles for io; guest-haltpoll's guest poll alike.
     assert beside_neighbour.policy_spec(plan, "timer", "adaptive").halt_poll_ns == 2_000_000
     assert beside_neighbour.policy_spec(plan, "io", "adaptive").halt_poll_ns == plan.fixed_ns
@@ -388,6 +392,7 @@ def quick_compare(hostd, out) -> dict:
 def test_quick_compare_end_to_end(tmp_path, hostd) -> None:
     out = tmp_path / "res"
     doc = quick_compare(hostd, out)
+    json_keys.check("compare --quick", doc)
     # The folder is complete, and results.json is what --json printed.
     files = set(os.listdir(out))
     expected = {"results.json", "io.csv", "idle.csv", "timer.csv", "io_runs.csv", "idle_runs.csv",

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests import json_keys
 from tests.test_faults import _wait_for_vcpus
 from vcpu import kvm_trace
 
@@ -25,6 +26,7 @@ def kvm_run(hostd, workload, policy, *extra, duration="0.8"):
 @pytest.mark.parametrize("policy", ["none", "adaptive"])
 def test_each_workload_runs_on_the_kernels_halt_polling(hostd, kvm, workload, policy):
     r = kvm_run(hostd, workload, policy, *(("--halt-poll-ns", "200000") if policy == "adaptive" else ()))
+    json_keys.check(f"run kvm {workload} {policy}", r)
     assert r["spec"]["backend"] == "kvm" and r["spec"]["calibration"] is None
     assert r["spec"]["kvm"]["halt_poll_cap_ns"] == (0 if policy == "none" else 200000)
     (v,) = r["vcpus"]

@@ -1,6 +1,8 @@
 """End to end: real VM process groups, measured; timings asserted only as ratios or bounds."""
 import numpy as np
 
+from tests import json_keys
+
 SECTION8_VCPU_STATS = {
     "halt_exits", "halt_attempted_poll", "halt_successful_poll", "halt_poll_invalid", "halt_poll_preempted", "halt_wakeup",
     "halt_poll_success_ns", "halt_poll_fail_ns", "halt_wait_ns", "halt_poll_ns", "irq_injected",
@@ -16,6 +18,7 @@ def timer_run(hostd, policy, *extra, duration="2"):
 
 def test_json_has_every_section8_key(hostd):
     r = timer_run(hostd, "fixed", "--halt-poll-ns", "2000000", duration="1")
+    json_keys.check("run emu timer fixed", r)
     assert {"vcpus", "workload", "policy", "halt_poll_ns", "duration_s"} <= r["spec"].keys()
     (v,) = r["vcpus"]
     assert {"index", "pid", "cpu", "stats", "latency_ns", "host"} <= v.keys()

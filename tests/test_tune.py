@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hostd.plumbing.errors import UsageError
+from tests import json_keys
 from hostd.experiments.optimum import optimal_budget, replay_cost
 from hostd.experiments.replay import read_halts, replay
 from hostd.experiments.stats import quantile_ci, wilson
@@ -219,6 +220,7 @@ def test_timer_recommends_a_budget_that_covers_the_interval(hostd, tmp_path: Pat
               "--duration", "0.5", "--target", str(target), "--json", "--out", str(out))
     doc = json.loads(r.stdout)
     _track(hostd, doc)
+    json_keys.check("tune timer", doc)
     assert [p["budget_ns"] for p in doc["points"]] == [0, 50_000, 224_000, 1_000_000]
     assert doc["checks"]["ok"], doc["checks"]
     rec = doc["recommendation"]

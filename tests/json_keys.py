@@ -1,0 +1,42 @@
+"""The keys of hostd's JSON documents (DESIGN §8: scripts read them), held against a saved list.
+
+The list (tests/data/json_keys.json) was saved from main before the house's moves (issue 23) by
+the tests that call check(), each for the document it makes. A key may be added, never lost: a
+change that adds one adds it to the list by running those tests with HPEMU_SAVE_JSON_KEYS=1
+(the list keeps every key it had) and committing the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+SAVED = Path(__file__).parent / "data" / "json_keys.json"
+
+
+def paths(doc: object, prefix: str = "") -> set[str]:
+    """Every key of doc as a dotted path; a list's items under `[]`, a number-like key as `<n>`."""
+    out: set[str] = set()
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            name = "<n>" if str(k).lstrip("-").isdigit() else str(k)
+            p = f"{prefix}.{name}" if prefix else name
+            out.add(p)
+            out |= paths(v, p)
+    elif isinstance(doc, list):
+        for v in doc:
+            out |= paths(v, prefix + "[]")
+    return out
+
+
+def check(name: str, doc: dict) -> None:
+    """Every key saved for the document `name` is in doc."""
+    saved = json.loads(SAVED.read_text()) if SAVED.exists() else {}
+    have = paths(doc)
+    if os.environ.get("HPEMU_SAVE_JSON_KEYS"):
+        saved[name] = sorted(set(saved.get(name, ())) | have)
+        SAVED.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
+        return
+    assert name in saved, f"no saved key list for {name!r}: run this test with HPEMU_SAVE_JSON_KEYS=1"
+    missing = sorted(set(saved[name]) - have)
+    assert not missing, f"{name}: {len(missing)} key(s) of the saved list are gone: {missing[:15]}"
