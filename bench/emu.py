@@ -10,10 +10,10 @@ import time
 import numpy as np
 
 from hostd.cli import build_parser
-from hostd.experiments.run import measure, spec_from_args
-from hostd.experiments.stats import chunk_quantiles
+from hostd.commands.run import measure, spec_from_args
+from hostd.analysis.stats import chunk_quantiles
 from hostd.plumbing.results import vcpu_samples
-from vcpu.halt import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
+from vcpu.emu.halt import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
 
 
 def run_vm(*argv: str, duration_s: float) -> dict:

@@ -14,7 +14,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from bench import peers
-from hostd.experiments.stats import CHUNKS, chunk_quantiles
+from hostd.analysis.stats import CHUNKS, chunk_quantiles
 from hostd.plumbing.results import percentiles
 
 SHM_PREFIX = "hpbench"
@@ -142,7 +142,7 @@ def inject_ceiling(n: int = 50_000) -> dict:
     fills: the most interrupts/s one device core can emit, before any vCPU consumes them."""
     import zmq
 
-    from irqsrc.inject import Injector
+    from irqsrc.emu.inject import Injector
     from vcpu import abi
 
     words = memoryview(bytearray(abi.segment_size(1))).cast("Q")

@@ -1,6 +1,6 @@
 """`python -m bench.kvm [--seconds S] [--json]`: the kernel's own halt polling here, without hostd.
 
-DESIGN §9's figures from the kvm backend's own pieces (hostd/experiments/kvm_probe.py), so each
+DESIGN §9's figures from the kvm backend's own pieces (hostd/commands/calibrate/kvm_probe.py), so each
 piece is proven before hostd runs them: the guest's TSC-deadline latency with cap 0 and a 2 ms
 cap, and the seed's synchronous writes at several caps and with an idle=poll guest.
 """
@@ -10,8 +10,8 @@ import argparse
 import json
 import sys
 
-from hostd.experiments.kvm_probe import io, timer
-from vcpu import kvm_api
+from hostd.commands.calibrate.kvm_probe import io, timer
+from vcpu.kvm import kvm_api
 
 SEED_CAP_NS = 769_230  # the seed's 2,000,000 cycles at 2.6 GHz
 

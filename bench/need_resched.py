@@ -14,7 +14,7 @@ one asleep and woken (the kernel's blocked vCPU). The options:
   loadavg   /proc/loadavg's running count: every CPU's, not this one's
   pressure  /proc/pressure/cpu's "some" total: every CPU's stall time (where PSI is on)
 
-What the emulator runs (vcpu/single_task.py, README "Beside a neighbour"): loadavg, less its own
+What the emulator runs (vcpu/emu/single_task.py, README "Beside a neighbour"): loadavg, less its own
 tasks on other CPUs, seen twice in a row, then the block path, so that it is woken as the kernel's
 blocked vCPU is; while its device works (the kernel's I/O threads then run on other CPUs) a yield
 decides instead.

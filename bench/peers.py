@@ -3,8 +3,8 @@
 Run as `python -m bench.peers ROLE SHM CPU ...` by bench.floors. Roles:
 
 - shm-inject / shm-poll: ping-pong a u64 word in shared memory, accessed exactly as
-  vcpu/halt.py does (memoryview cast 'Q' over the mapping). The injector writes a timestamp,
-  then bumps the sequence word (the same store order as irqsrc/inject.py); the poller spins on
+  vcpu/emu/halt.py does (memoryview cast 'Q' over the mapping). The injector writes a timestamp,
+  then bumps the sequence word (the same store order as irqsrc/emu/inject.py); the poller spins on
   the sequence word, takes the time the moment it sees it move, and acks.
 - pipe-inject / pipe-wait: the injector writes the timestamp into a pipe; the waiter is blocked
   in os.read, takes the time on return, and acks through a second pipe.

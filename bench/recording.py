@@ -13,8 +13,8 @@ import time
 import zmq
 
 from vcpu import abi
-from vcpu.costs import Costs
-from vcpu.halt import NONE, PATH_POLL, Recorder, VCpu
+from vcpu.emu.costs import Costs
+from vcpu.emu.halt import NONE, PATH_POLL, Recorder, VCpu
 from vcpu.policy import PolicySpec, make_host_policy
 
 

@@ -18,8 +18,8 @@ import traceback
 from dataclasses import asdict, dataclass, field
 
 from bench import emu, floors, recording, vmm_floor
-from vcpu import kvm_api
-from hostd.experiments import stats
+from vcpu.kvm import kvm_api
+from hostd.analysis import stats
 from hostd.plumbing.orphans import remove_stale_segments
 
 

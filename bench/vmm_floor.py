@@ -1,10 +1,10 @@
 """`python -m bench.vmm_floor [--seconds S] [--cap-ns N] [--pipe] [--json] [--io-dir DIR]`:
 the smallest VMM that runs the kvm backend's guest on the same kernel, as a floor for its io path.
 
-One KVM VM with one vCPU runs the project's guest image (vcpu/kvm_guest.py) with workload io:
+One KVM VM with one vCPU runs the project's guest image (vcpu/kvm/kvm_guest.py) with workload io:
 the guest writes its submit port, halts, and takes the completion interrupt. Nothing else of the
-project is used (a test holds this file to vcpu.kvm_api's ioctl numbers and structs and to
-vcpu.kvm_guest's image): no KvmVm, no injector, no WriteDevice, no hostd.
+project is used (a test holds this file to vcpu.kvm.kvm_api's ioctl numbers and structs and to
+vcpu.kvm.kvm_guest's image): no KvmVm, no injector, no WriteDevice, no hostd.
 
 - submit: the port write signals an eventfd inside the kernel (KVM_IOEVENTFD; the vCPU never
   returns to us), or with --pipe it exits to this loop, which writes one byte to a pipe;
@@ -31,8 +31,8 @@ import tempfile
 import threading
 import time
 
-from vcpu import kvm_api as k
-from vcpu import kvm_guest as g
+from vcpu.kvm import kvm_api as k
+from vcpu.kvm import kvm_guest as g
 
 SEED_CAP_NS = 769_230        # the seed's 2,000,000 cycles at 2.6 GHz
 DEFAULT_IO_DIR = "/var/tmp"  # disk-backed, where the project's device file lives

@@ -19,7 +19,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hostd.experiments import calibrate, compare, record, replay, run, tune
+    from hostd.commands.calibrate import calibrate
+    from hostd.commands import compare, record, replay, run, tune
     from hostd.service import serve, stat
 
     parser = _Parser(

@@ -5,7 +5,7 @@ before the next tick, then spins the rest of the way, so a tick fires within a f
 its time (the process timer slack is set to 1 ns for the sleeping part). A submit is an I/O thread's
 work in a VMM: take the request from the vCPU's ring, do the write, complete through the vCPU's
 interrupt (irqfd on kvm). A guest's TSC deadline is not the device's: as the kernel's LAPIC timer is
-an hrtimer of the vCPU's own, the emulated vCPU times its deadline itself (vcpu/halt.py).
+an hrtimer of the vCPU's own, the emulated vCPU times its deadline itself (vcpu/emu/halt.py).
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import msgpack
 import psutil
 import zmq
 
-from irqsrc.inject import Injector
-from irqsrc.irqfd import IrqfdInjector
+from irqsrc.emu.inject import Injector
+from irqsrc.kvm.irqfd import IrqfdInjector
 from irqsrc.sources import TickSource, WriteDevice
 from irqsrc.submits import SubmitRings
 from vcpu import abi

@@ -128,7 +128,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture
 def kvm():
     """Skips the test, saying why, where the kvm backend cannot run (HPEMU_KVM_DEV moves it)."""
-    from vcpu.kvm_api import KvmUnavailable, probe
+    from vcpu.kvm.kvm_api import KvmUnavailable, probe
 
     try:
         probe()

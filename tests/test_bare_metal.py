@@ -6,7 +6,7 @@ import os
 import psutil
 import pytest
 
-from hostd.experiments.bare_metal import measure_bare_io
+from hostd.measure.bare_metal import measure_bare_io
 from tests.conftest import segments_of
 
 
@@ -25,7 +25,7 @@ def test_bare_io_writes_with_no_vcpu_in_the_loop(mode):
 
 
 def test_pct_of_bare_metal_is_per_repeat_against_the_idle_cpus_figure():
-    from hostd.experiments.bare_metal import pct_of_bare_metal
+    from hostd.measure.bare_metal import pct_of_bare_metal
 
     def run(exp, pol, rep, w):
         return {"id": f"{exp}/{pol}/r{rep}", "experiment": exp, "policy": pol, "repeat": rep,

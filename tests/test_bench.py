@@ -25,7 +25,7 @@ KVM_FIGURES = {"kvm_poll_hit", "kvm_block", "kvm_launch_4vcpu",
 
 
 def _kvm_usable() -> bool:
-    from vcpu.kvm_api import KvmUnavailable, probe
+    from vcpu.kvm.kvm_api import KvmUnavailable, probe
 
     try:
         probe()
@@ -128,7 +128,7 @@ def test_bench_quick(tmp_path: Path) -> None:
 
 
 # --- the minimal-VMM floor (bench/vmm_floor.py) --------------------------------------------------
-FLOOR_MAY_IMPORT = {"vcpu.kvm_api", "vcpu.kvm_guest"}
+FLOOR_MAY_IMPORT = {"vcpu.kvm.kvm_api", "vcpu.kvm.kvm_guest"}
 
 
 def _project_packages() -> set[str]:
@@ -148,7 +148,7 @@ def test_vmm_floor_imports_only_the_abi_and_the_guest() -> None:
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, f"relative import at line {node.lineno}"
             mod = node.module or ""
-            # `from vcpu import kvm_api` names a module; `from vcpu.kvm_api import X` a member.
+            # `from vcpu import kvm_api` names a module; `from vcpu.kvm.kvm_api import X` a member.
             names = [f"{mod}.{a.name}" if mod in project else mod for a in node.names]
         else:
             continue

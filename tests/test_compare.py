@@ -9,7 +9,8 @@ from io import StringIO
 
 import pytest
 
-from hostd.experiments import beside_neighbour, compare
+from hostd.measure import beside_neighbour
+from hostd.commands import compare
 
 from hostd.plumbing import hoststats
 from hostd.plumbing.errors import UsageError

@@ -1,6 +1,6 @@
 """A calibration profile's costs are spent for real: as CPU on the vCPU's core and as wake latency."""
 from hostd.plumbing import calibration
-from vcpu.costs import Costs
+from vcpu.emu.costs import Costs
 
 ZERO = {name: 0 for name, _ in calibration.COSTS}
 SERVICE_NS = 200_000  # the device's modelled write: the same device time with and without a profile

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vcpu.guest_haltpoll import GuestHaltPoll, make_guest_policy
+from vcpu.emu.guest_haltpoll import GuestHaltPoll, make_guest_policy
 from vcpu.policy import PolicySpec
 
 

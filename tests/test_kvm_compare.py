@@ -7,7 +7,10 @@ import psutil
 from rich.console import Console
 
 from hostd.cli import build_parser
-from hostd.experiments import beside_neighbour, compare, fidelity, side_by_side
+from hostd.measure import beside_neighbour
+from hostd.commands import compare
+from hostd.analysis import fidelity
+from hostd.output import side_by_side
 from hostd.plumbing.neighbour import NeighbourSpec
 from tests.conftest import segments_of
 
@@ -77,7 +80,7 @@ def test_compare_on_kvm_alone_refuses_in_one_line_without_kvm(hostd):
 
 
 def test_fidelity_rows_mark_what_is_within_reach_and_explain_known_misses():
-    from hostd.experiments import fidelity
+    from hostd.analysis import fidelity
 
     emu = {**EMU, "idle": {"fixed": {"cpu_pct_per_vcpu": _s(0.28), "halts_per_s": _s(2.8),
                                      "failed_polls_per_s": _s(2.8)}}}
@@ -100,7 +103,7 @@ def test_fidelity_rows_mark_what_is_within_reach_and_explain_known_misses():
 # --- fidelity: an explanation is printed only where its condition holds in this run's figures --------
 
 def _fid(emu: dict, kvm: dict, key: str) -> dict:
-    from hostd.experiments import fidelity
+    from hostd.analysis import fidelity
     return next(r for r in fidelity.rows(emu, kvm) if r["key"] == key)
 
 
@@ -119,7 +122,7 @@ def _merge(*parts: dict) -> dict:
 
 
 def _explained(r: dict, *numbers: str) -> None:
-    from hostd.experiments import fidelity
+    from hostd.analysis import fidelity
     assert not r["within"] and r["why"] and fidelity.mark(r) == "✗ explained", r
     for n in numbers:
         assert n in r["why"], (n, r["why"])
@@ -127,13 +130,13 @@ def _explained(r: dict, *numbers: str) -> None:
 
 
 def _plain_miss(r: dict) -> None:
-    from hostd.experiments import fidelity
+    from hostd.analysis import fidelity
     assert r["ratio"] is not None and not r["within"] and r["why"] is None and fidelity.mark(r) == "✗", r
     assert fidelity.to_csv([r]).splitlines()[1].endswith(",False,")
 
 
 def test_fidelity_keeps_only_explanations_with_a_condition_on_the_runs_figures():
-    from hostd.experiments import fidelity
+    from hostd.analysis import fidelity
 
     assert set(fidelity.EXPLAINED) == {"idle.fixed", "idle.none", "idle.adaptive", "io.adaptive",
                                        "io.adaptive.success", "timer.none.p99", "timer.fixed.p99"}

@@ -3,7 +3,7 @@ import pytest
 
 iced_x86 = pytest.importorskip("iced_x86", reason="iced-x86 (a test dependency in pyproject.toml) is not installed")
 
-from vcpu import kvm_guest as g
+from vcpu.kvm import kvm_guest as g
 
 LINES = g.parse_listing(g.LISTING)
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests import json_keys
 from tests.test_faults import _wait_for_vcpus
-from vcpu import kvm_trace
+from vcpu.kvm import kvm_trace
 
 EMU_ONLY = ("irq_coalesced", "spurious_wakeup", "lost_wakeup", "late_wakeup", "halt_poll_preempted")
 

@@ -4,9 +4,10 @@ import threading
 
 import pytest
 
-from vcpu import abi, kvm_api
-from vcpu.kvm_stats import HALT_COUNTERS, HALT_HISTS, parse_descriptors
-from vcpu.kvm_vm import KvmVm, catch_stop_signal
+from vcpu import abi
+from vcpu.kvm import kvm_api
+from vcpu.kvm.kvm_stats import HALT_COUNTERS, HALT_HISTS, parse_descriptors
+from vcpu.kvm.kvm_vm import KvmVm, catch_stop_signal
 
 
 def _run_for(vm: KvmVm, seconds: float) -> None:

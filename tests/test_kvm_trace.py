@@ -1,7 +1,7 @@
 """Latency by path on kvm: each wake is given the halt the kernel's tracepoint says ended just before it."""
 import numpy as np
 
-from vcpu.kvm_trace import CAPACITY, WakeupTrace
+from vcpu.kvm.kvm_trace import CAPACITY, WakeupTrace
 
 
 def _trace(events: list[tuple[int, bool]]) -> WakeupTrace:

@@ -1,4 +1,4 @@
-"""hostd.experiments.optimum: the offline cost model, checked by brute force, by hypothesis against the replay
+"""hostd.analysis.optimum: the offline cost model, checked by brute force, by hypothesis against the replay
 engine on synthetic traces, and on one real trace recorded by `hostd run`."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hostd.experiments.optimum import fixed_cost, optimal_budget, penalty_from_latencies, replay_cost
-from hostd.experiments.replay import read_halts, replay
+from hostd.analysis.optimum import fixed_cost, optimal_budget, penalty_from_latencies, replay_cost
+from hostd.commands.replay import read_halts, replay
 from vcpu.policy import PolicySpec
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hostd.experiments import record
-from hostd.experiments.trace import RECORD_HEADER
+from hostd.commands import record
+from hostd.replay.trace import RECORD_HEADER
 from tests.conftest import stop_gently
 
 ROOT = Path(__file__).resolve().parent.parent

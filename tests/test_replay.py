@@ -12,8 +12,8 @@ import pytest
 from hostd.plumbing import policy_options
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.policy_options import add_policy_options, cycles_to_ns, policy_spec_from_args, tsc_khz_from_machine
-from hostd.experiments.replay import read_halts, replay
-from vcpu.guest_haltpoll import GuestHaltPoll
+from hostd.commands.replay import read_halts, replay
+from vcpu.emu.guest_haltpoll import GuestHaltPoll
 from vcpu.policy import AdaptivePoll, PolicySpec
 
 ROOT = Path(__file__).resolve().parent.parent

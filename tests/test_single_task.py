@@ -13,7 +13,7 @@ from tests.conftest import ROOT, alive, segments_of
 
 NOBODY = 65534
 # Measured here (2-core AMD EPYC, nested KVM): a poll that begins with another task runnable ends
-# after ~10 us on average (the second of two looks at the run queue, vcpu/single_task.py).
+# after ~10 us on average (the second of two looks at the run queue, vcpu/emu/single_task.py).
 POLL_END_BOUND_NS = 60_000
 
 # A task that is runnable all the time but never preempts anyone: SCHED_IDLE. The kernel's

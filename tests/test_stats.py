@@ -1,4 +1,4 @@
-"""hostd.experiments.stats: the intervals cover what they claim, shrink with n, and read back the same."""
+"""hostd.analysis.stats: the intervals cover what they claim, shrink with n, and read back the same."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hostd.experiments import stats
+from hostd.analysis import stats
 
 TRIALS = 400
 # Coverage measured on TRIALS samples may fall this far below 95% by chance (4 standard errors).

@@ -8,8 +8,9 @@ import pytest
 
 from hostd.plumbing.results import submit_accounting
 from irqsrc.submits import SubmitRings
-from vcpu import abi, kvm_api
-from vcpu.submit import Submitter
+from vcpu import abi
+from vcpu.kvm import kvm_api
+from vcpu.emu.submit import Submitter
 
 from .test_faults import _wait_for_vcpus
 

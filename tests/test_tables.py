@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from hostd.experiments import tables
-from hostd.experiments.tables import QUOTED, TablePlan, aggregate, verdict, verdicts
+from hostd.commands import tables
+from hostd.commands.tables import QUOTED, TablePlan, aggregate, verdict, verdicts
 
 
 def test_verdict_reproduced_direction_only_and_not():

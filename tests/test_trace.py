@@ -42,8 +42,8 @@ from pathlib import Path
 
 import pytest
 
-from hostd.experiments.kernel_agreement import KernelAgreement
-from hostd.experiments.trace import FORMAT_PERF, FORMAT_TRACE_CMD, FORMAT_TRACEFS, Decision, TraceReader, Wakeup
+from hostd.replay.kernel_agreement import KernelAgreement
+from hostd.replay.trace import FORMAT_PERF, FORMAT_TRACE_CMD, FORMAT_TRACEFS, Decision, TraceReader, Wakeup
 from hostd.plumbing.errors import UsageError
 from vcpu.policy import PolicySpec
 
@@ -340,7 +340,7 @@ def test_reader_errors_are_usage_errors():
 def _max_rss_kb(path: Path) -> int:
     # The optimum's sample is capped small here so that both traces overflow it: what is left to
     # grow with the trace is whatever the streaming itself holds on to.
-    code = ("import resource, sys\nfrom hostd.cli import main\nfrom hostd.experiments import trace_replay as t\n"
+    code = ("import resource, sys\nfrom hostd.cli import main\nfrom hostd.replay import trace_replay as t\n"
             "t.SAMPLE_TOTAL = t.SAMPLE_PER_VCPU = 10_000\n"
             f"rc = main(['replay', '--trace', {str(path)!r}, '--json'])\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)\n")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hostd.experiments import record
+from hostd.commands import record
 from tests.conftest import Launcher, stop_gently
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def _wait_for(cond, what: str, timeout: float = 30) -> None:
 def _needs_root_and_kvm() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: tracefs and the kvm tracepoints are root's")
-    from vcpu.kvm_api import KvmUnavailable, probe
+    from vcpu.kvm.kvm_api import KvmUnavailable, probe
 
     try:
         probe()

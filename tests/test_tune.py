@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from hostd.plumbing.errors import UsageError
 from tests import json_keys
-from hostd.experiments.optimum import optimal_budget, replay_cost
-from hostd.experiments.replay import read_halts, replay
-from hostd.experiments.stats import quantile_ci, wilson
-from hostd.experiments.tune import MIN_HIT_RATIO, parse_ns, parse_range, points_csv, recommend, sweep_budgets
+from hostd.analysis.optimum import optimal_budget, replay_cost
+from hostd.commands.replay import read_halts, replay
+from hostd.analysis.stats import quantile_ci, wilson
+from hostd.commands.tune import MIN_HIT_RATIO, parse_ns, parse_range, points_csv, recommend, sweep_budgets
 from vcpu.policy import PolicySpec
 
 

@@ -22,7 +22,7 @@ HIST_BUCKETS = 32  # KVM's HALT_POLL_HIST_COUNT: log2 buckets, index = fls64(val
 
 # Header (hostd writes it, but for H_DEVICE_AWAKE).
 H_MAGIC, H_NVCPUS, H_RUN, H_STOP = range(4)
-H_DEVICE_AWAKE = 4  # the device writes: 1 unless it sleeps in epoll (vcpu/single_task.py counts it)
+H_DEVICE_AWAKE = 4  # the device writes: 1 unless it sleeps in epoll (vcpu/emu/single_task.py counts it)
 HEADER_WORDS = 2 * LINE_WORDS
 MAGIC = 0x48414C54504F4C4C  # "HALTPOLL"
 

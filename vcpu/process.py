@@ -10,14 +10,15 @@ import msgpack
 import psutil
 import zmq
 
-from vcpu import abi, guest
-from vcpu.bare import run_bare
-from vcpu.guest_haltpoll import make_guest_policy
-from vcpu.costs import Costs
-from vcpu.halt import Recorder, VCpu
+from vcpu import abi
+from vcpu.emu import guest
+from vcpu.emu.bare import run_bare
+from vcpu.emu.guest_haltpoll import make_guest_policy
+from vcpu.emu.costs import Costs
+from vcpu.emu.halt import Recorder, VCpu
 from vcpu.policy import PolicySpec, make_host_policy
-from vcpu.single_task import RunQueue
-from vcpu.submit import Submitter
+from vcpu.emu.single_task import RunQueue
+from vcpu.emu.submit import Submitter
 
 
 def siblings(cpus: list[int] | None, index: int) -> tuple[int, ...]:
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     kvm = None
     # Kicks are received by an I/O thread on this vCPU's core, as KVM's wake-up IPI lands
     # there. The greeting and the reports go out through a second context whose I/O thread sits
-    # on the housekeeping CPU. Submits take neither: they are the ring and the eventfd (vcpu/submit.py).
+    # on the housekeeping CPU. Submits take neither: they are the ring and the eventfd (vcpu/emu/submit.py).
     ctx = zmq.Context()
     out_ctx = zmq.Context()
     if spec["device_cpu"] is not None:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         # the measurement window, where an idle guest's whole cost is a few ms per second.
         # The kvm backend builds its VM here too: KVM refuses a VM's ioctls to any other process.
         if spec["backend"] == "kvm":
-            from vcpu.kvm_vcpu import KvmVcpu  # numpy and ctypes: not an emulated vCPU's start-up cost
+            from vcpu.kvm.kvm_vcpu import KvmVcpu  # numpy and ctypes: not an emulated vCPU's start-up cost
 
             kvm = KvmVcpu(spec, index, words)
         policy = PolicySpec.from_dict(spec["policy"])

@@ -9,8 +9,8 @@ import argparse
 
 from hostd.plumbing import kvm_params
 from hostd.plumbing.errors import UsageError
-from vcpu import kvm_api, kvm_guest
-from vcpu.kvm_vcpu import halt_poll_cap
+from vcpu.kvm import kvm_api, kvm_guest
+from vcpu.kvm.kvm_vcpu import halt_poll_cap
 from vcpu.policy import PolicySpec
 
 BACKENDS = ("emu", "kvm")

@@ -13,7 +13,8 @@ import psutil
 
 from hostd.plumbing import kvm_params
 from irqsrc.sources import IO_DIR
-from vcpu import abi, kvm_trace
+from vcpu import abi
+from vcpu.kvm import kvm_trace
 
 
 def _remove_stale_run_dirs() -> None:

@@ -11,7 +11,7 @@ from hostd.plumbing.backend import add_backend_option
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.neighbour import NeighbourSpec, add_neighbour_option, parse_neighbour
 from irqsrc.sources import io_base_dir
-from vcpu.guest import WORKLOADS
+from vcpu.emu.guest import WORKLOADS
 from vcpu.policy import PolicySpec
 
 DEFAULT_INTERVAL_US = 500

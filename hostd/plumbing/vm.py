@@ -25,7 +25,8 @@ from hostd.plumbing import hoststats, signals
 from hostd.plumbing.backend import KVM_UNKNOWN
 from hostd.plumbing.neighbour import baseline_ns
 from hostd.plumbing.spec import VmSpec, default_io_dir, fs_type
-from vcpu import abi, kvm_trace
+from vcpu import abi
+from vcpu.kvm import kvm_trace
 
 READY_TIMEOUT_S = 20.0
 REPORT_TIMEOUT_S = 10.0

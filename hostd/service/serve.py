@@ -24,7 +24,7 @@ from hostd.service import control
 
 from hostd.plumbing import hoststats, neighbour
 
-from hostd.experiments import report
+from hostd.output import report
 from hostd.service.control import Client, DaemonError, NoDaemon, ProtocolError
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.orphans import remove_stale_segments

@@ -1,0 +1,144 @@
+"""`hostd run`: launch one VM-like process group, measure it for a duration, report."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+
+from hostd.output import report
+from hostd.commands.record import run_trace
+from hostd.plumbing import kvm_params
+from hostd.plumbing.errors import UsageError
+from hostd.plumbing.orphans import remove_stale_segments
+from hostd.plumbing.output import atomic_write, write_json
+from hostd.plumbing.policy_options import add_policy_options, policy_spec_from_args, tsc_khz_from_args
+from hostd.plumbing.results import build, vcpu_samples
+from hostd.plumbing.spec import VmSpec, add_vm_options, parse_duration, vm_spec_from_args
+from hostd.plumbing.vm import ChildDied, Vm
+from vcpu.kvm.kvm_vcpu import halt_poll_cap
+
+EXIT_CHECK_FAILED = 1
+EXIT_SIGNAL = 130
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: unwind through the same teardown as Ctrl-C."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="launch a VM-like process group, measure it, report",
+        description="Launch N vCPU processes and a device process, run a guest workload under a "
+        "halt-poll policy for --duration seconds, then report KVM's halt statistics, wakeup latency "
+        "by path (poll hit / block) and the host CPU each vCPU burned.",
+        epilog="example: hostd run --vcpus 1 --workload timer --policy fixed --halt-poll-ns 2000000 --duration 3",
+    )
+    add_vm_options(p)
+    add_policy_options(p)
+    p.add_argument("--duration", default="5", metavar="SECONDS", help="how long to measure (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (DESIGN §8)")
+    p.add_argument("--out", metavar="DIR", help="also write result.json and each vCPU's halt durations "
+                   "(vcpuN.halts, ns per line, for `hostd replay --halts`) into DIR")
+    p.add_argument("--trace-out", metavar="FILE", help="--backend kvm, root: also record the kernel's halt "
+                   "tracepoints for this run's vCPUs into FILE, as `hostd record` does (for `hostd replay --trace`)")
+    p.set_defaults(func=main)
+
+
+def spec_from_args(args: argparse.Namespace) -> tuple[VmSpec, int]:
+    tsc_khz = tsc_khz_from_args(args)
+    spec = vm_spec_from_args(args, policy_spec_from_args(args))
+    spec.duration_s = parse_duration(args.duration)
+    # Room for every wake at 50k wakes/s per vCPU (above what one vCPU sustains here, see
+    # bench); beyond that samples are counted as dropped, never grown into.
+    spec.sample_capacity = int(min(2_000_000, max(65_536, spec.duration_s * 50_000)))
+    return spec, tsc_khz
+
+
+def measure(spec: VmSpec, tsc_khz: int, progress: bool, window=None,
+            trace_out: str | None = None) -> tuple[dict, Vm]:
+    """Run one VM for spec.duration_s and return its result; the VM is closed on every path.
+    window: an object whose start() and stop() bracket the measurement window (e.g. a C0Meter);
+    trace_out: record the kernel's halt tracepoints for the vCPUs into this file (kvm)."""
+    vm = Vm(spec)
+    try:
+        vm.start()
+        with contextlib.ExitStack() as stack:
+            trace = (stack.enter_context(run_trace(trace_out, vm.vcpu_pids(), spec.duration_s,
+                                                       halt_poll_cap(spec.policy)[0]))
+                     if trace_out else None)
+            vm.go()
+            if window is not None:
+                window.start()
+            end = time.monotonic() + spec.duration_s
+            while (left := end - time.monotonic()) > 0:
+                time.sleep(min(0.1, left))
+                vm.check_children()
+                if trace is not None:
+                    trace.drain()
+                if progress:
+                    done = spec.duration_s - max(0.0, left)
+                    sys.stderr.write(f"\r  measuring {done:5.1f}/{spec.duration_s:g} s")
+            if progress:
+                sys.stderr.write("\n")
+            if window is not None:
+                window.stop()
+            vm.stop()
+        return build(vm, tsc_khz), vm
+    finally:
+        vm.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    spec, tsc_khz = spec_from_args(args)
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out: {args.out!r} exists and is not a directory")
+    if args.trace_out:
+        if spec.backend != "kvm":
+            raise UsageError("--trace-out: the kernel's tracepoints see only --backend kvm's vCPUs")
+        if os.geteuid() != 0:
+            raise UsageError("--trace-out needs root (tracefs and the kvm tracepoints are root's)")
+        if not os.access(os.path.dirname(os.path.abspath(args.trace_out)), os.W_OK):
+            raise UsageError(f"--trace-out: cannot write {args.trace_out!r}")
+    remove_stale_segments()
+    old = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with contextlib.ExitStack() as stack:
+            if args.kvm_module_params:
+                stack.enter_context(kvm_params.never_shrink(spec.policy.halt_poll_ns))
+                spec.extra["kvm_module_params"] = True
+            result, vm = measure(spec, tsc_khz, progress=sys.stderr.isatty() and spec.duration_s >= 2,
+                                 trace_out=args.trace_out)
+    except (KeyboardInterrupt, Terminated):
+        sys.stderr.write("hostd: interrupted; every process stopped and the segment removed\n")
+        return EXIT_SIGNAL
+    except ChildDied as exc:
+        sys.stderr.write(f"hostd: {exc}; the VM was stopped and cleaned up\n")
+        return EXIT_CHECK_FAILED
+    except TimeoutError as exc:
+        sys.stderr.write(f"hostd: {exc}; the VM was stopped and cleaned up\n")
+        return EXIT_CHECK_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if args.out:
+        write_json(os.path.join(args.out, "result.json"), result)
+        for i in range(spec.vcpus):
+            halts = vcpu_samples(vm, i)[2]
+            atomic_write(os.path.join(args.out, f"vcpu{i}.halts"), "".join(f"{h}\n" for h in halts.tolist()))
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        report.print_run(result, sys.stdout)
+    failures = report.check_failures(result)
+    for f in failures:
+        sys.stderr.write(f"hostd: check failed: {f}\n")
+    return EXIT_CHECK_FAILED if failures else 0
