@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from hostd.cli import build_parser
-from hostd.commands.run import measure, spec_from_args
+from hostd.measure.window import measure, spec_from_args
 from hostd.analysis.stats import chunk_quantiles
 from hostd.plumbing.results import vcpu_samples
 from vcpu.emu.halt import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL

@@ -15,7 +15,7 @@ import time
 def main(argv: list[str]) -> int:
     from hostd.cli import build_parser
     from hostd.plumbing.orphans import remove_stale_segments
-    from hostd.commands.run import spec_from_args
+    from hostd.measure.window import spec_from_args
     from hostd.plumbing.vm import Vm
     from vcpu import abi
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hostd.cli import build_parser
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.output import write_json
-from hostd.commands.run import spec_from_args
+from hostd.measure.window import spec_from_args
 from vcpu import abi
 
 from .conftest import ROOT

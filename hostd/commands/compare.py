@@ -41,7 +41,7 @@ from hostd.plumbing.neighbour import NeighbourSpec, add_neighbour_option, parse_
 from hostd.plumbing.orphans import remove_stale_segments
 from hostd.plumbing.output import atomic_write, write_json
 from hostd.plumbing.policy_options import cycles_to_ns, tsc_khz_from_args
-from hostd.commands.run import Terminated, on_sigterm, measure
+from hostd.measure.window import Terminated, measure, on_sigterm
 from hostd.output.progress import Progress
 from hostd.analysis.stats import interval, summarize
 from hostd.plumbing.spec import DEFAULT_INTERVAL_US, DEFAULT_TICK_HZ, VmSpec, parse_float, parse_int, place

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from hostd.commands.compare import DISTURBED, MAX_ATTEMPTS, RETRY_BUDGET, summarize
 from hostd.output.progress import Progress
-from hostd.commands.run import measure
+from hostd.measure.window import measure
 from hostd.plumbing import backend as backends
 from hostd.plumbing.c0 import C0Meter
 from hostd.plumbing.errors import UsageError
@@ -372,7 +372,7 @@ def main(args, plan: TablePlan, out: str, nested: bool) -> int:
     import signal
 
     from hostd.output import tables_out
-    from hostd.commands.run import Terminated, on_sigterm
+    from hostd.measure.window import Terminated, on_sigterm
     from hostd.plumbing.orphans import remove_stale_segments
 
     remove_stale_segments()

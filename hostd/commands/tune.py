@@ -47,7 +47,7 @@ from hostd.plumbing.policy_options import tsc_khz_from_args
 from hostd.commands.replay import replay
 from hostd.output.report import check_failures
 from hostd.plumbing.results import vcpu_samples
-from hostd.commands.run import Terminated, on_sigterm, measure
+from hostd.measure.window import Terminated, measure, on_sigterm
 from hostd.plumbing.spec import parse_float, parse_int, add_vm_options, parse_duration, vm_spec_from_args
 from hostd.plumbing.units import parse_ns
 from hostd.plumbing.vm import ChildDied

@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from hostd.commands.run import measure
+from hostd.measure.window import measure
 from hostd.plumbing.spec import VmSpec, place
 from vcpu.policy import PolicySpec
 
