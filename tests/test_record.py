@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hostd.commands import record
-from hostd.replay.trace import RECORD_HEADER
+from hostd.trace.parse import RECORD_HEADER
 from tests.conftest import stop_gently
 
 ROOT = Path(__file__).resolve().parent.parent

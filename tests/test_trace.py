@@ -43,7 +43,7 @@ from pathlib import Path
 import pytest
 
 from hostd.replay.kernel_agreement import KernelAgreement
-from hostd.replay.trace import FORMAT_PERF, FORMAT_TRACE_CMD, FORMAT_TRACEFS, Decision, TraceReader, Wakeup
+from hostd.trace.parse import FORMAT_PERF, FORMAT_TRACE_CMD, FORMAT_TRACEFS, Decision, TraceReader, Wakeup
 from hostd.plumbing.errors import UsageError
 from vcpu.policy import PolicySpec
 

@@ -30,7 +30,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from hostd.replay.trace import RECORD_HEADER
+from hostd.trace.parse import RECORD_HEADER
 from hostd.replay.trace_replay import read_sys_params
 from hostd.plumbing.errors import UsageError
 

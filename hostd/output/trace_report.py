@@ -10,7 +10,7 @@ import tempfile
 import numpy as np
 
 from hostd.commands.replay import format_rows
-from hostd.replay.trace import Wakeup
+from hostd.trace.parse import Wakeup
 from hostd.plumbing.output import atomic_write, write_json
 
 KERNEL, OPTIMUM = "kernel (traced)", "optimum (fixed)"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from vcpu.policy import PolicySpec, make_host_policy
 
-from hostd.replay.trace import Decision, Wakeup
+from hostd.trace.parse import Decision, Wakeup
 
 
 class KernelAgreement:

@@ -39,7 +39,7 @@ from hostd.replay import kernel_agreement
 from hostd.analysis import optimum
 from hostd.replay.kernel_agreement import KernelAgreement
 from hostd.commands.replay import Replayer
-from hostd.replay.trace import TraceInfo, TraceReader, Wakeup
+from hostd.trace.parse import TraceInfo, TraceReader, Wakeup
 from hostd.output.trace_report import KERNEL, HaltsCsv, format_report, write_out
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.policy_options import policy_spec_from_args
