@@ -13,7 +13,7 @@ from hostd.cli import build_parser
 from hostd.measure.window import measure, spec_from_args
 from hostd.analysis.stats import chunk_quantiles
 from hostd.plumbing.results import vcpu_samples
-from vcpu.emu.halt import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
+from vcpu.abi import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
 
 
 def run_vm(*argv: str, duration_s: float) -> dict:

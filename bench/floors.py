@@ -14,8 +14,10 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from bench import peers
+from irqsrc.emu.inject import Injector
 from hostd.analysis.stats import CHUNKS, chunk_quantiles
 from hostd.plumbing.results import percentiles
+from vcpu import abi
 
 SHM_PREFIX = "hpbench"
 CAPACITY = 1 << 20
@@ -116,8 +118,6 @@ def cyclictest(cpu: int, interval_us: int, duration_s: float, slack_ns: int | No
            "--policy=other", "-N", "-v", "--laptop"]
     pre = None
     if slack_ns is not None:
-        from vcpu import abi
-
         def pre():
             abi.set_timer_slack_ns(slack_ns)
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -141,9 +141,6 @@ def inject_ceiling(n: int = 50_000) -> dict:
     """The device's own inject() (timestamp, bump, kick) back to back, into a socket that never
     fills: the most interrupts/s one device core can emit, before any vCPU consumes them."""
     import zmq
-
-    from irqsrc.emu.inject import Injector
-    from vcpu import abi
 
     words = memoryview(bytearray(abi.segment_size(1))).cast("Q")
     run_dir = tempfile.mkdtemp(prefix="hpbench-")

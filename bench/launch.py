@@ -13,6 +13,7 @@ import time
 
 
 def main(argv: list[str]) -> int:
+    # lazy: the probe's first stamp comes before hostd's imports, which are part of what it times
     from hostd.cli import build_parser
     from hostd.plumbing.orphans import remove_stale_segments
     from hostd.measure.window import spec_from_args

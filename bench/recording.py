@@ -14,7 +14,8 @@ import zmq
 
 from vcpu import abi
 from vcpu.emu.costs import Costs
-from vcpu.emu.halt import NONE, PATH_POLL, Recorder, VCpu
+from vcpu.abi import PATH_POLL
+from vcpu.emu.halt import NONE, Recorder, VCpu
 from vcpu.policy import PolicySpec, make_host_policy
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hostd.commands import compare, record, replay, run, tune
+from hostd.commands.calibrate import calibrate
 from hostd.plumbing.errors import UsageError
+from hostd.service import serve, stat
 from vcpu.abi import set_process_name
 
 EXIT_USAGE = 2
@@ -19,10 +22,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hostd.commands.calibrate import calibrate
-    from hostd.commands import compare, record, replay, run, tune
-    from hostd.service import serve, stat
-
     parser = _Parser(
         prog="hostd",
         description="haltpoll-emu: KVM halt polling reproduced with real processes. "

@@ -26,6 +26,9 @@ H_DEVICE_AWAKE = 4  # the device writes: 1 unless it sleeps in epoll (vcpu/emu/s
 HEADER_WORDS = 2 * LINE_WORDS
 MAGIC = 0x48414C54504F4C4C  # "HALTPOLL"
 
+# Wake paths, as each backend tags a wake's sample and hostd's report splits latency by them.
+PATH_POLL, PATH_BLOCK, PATH_GUEST_POLL = 0, 1, 2
+
 # vCPU states, as the `state` word shows them.
 RUNNING, POLLING, BLOCKED, GUEST_POLLING = 0, 1, 2, 3
 STATE_NAMES = ("RUNNING", "POLLING", "BLOCKED", "GUEST_POLLING")

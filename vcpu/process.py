@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         # the measurement window, where an idle guest's whole cost is a few ms per second.
         # The kvm backend builds its VM here too: KVM refuses a VM's ioctls to any other process.
         if spec["backend"] == "kvm":
-            from vcpu.kvm.kvm_vcpu import KvmVcpu  # numpy and ctypes: not an emulated vCPU's start-up cost
+            # lazy: numpy and ctypes, not an emulated vCPU's start-up cost
+            from vcpu.kvm.kvm_vcpu import KvmVcpu
 
             kvm = KvmVcpu(spec, index, words)
         policy = PolicySpec.from_dict(spec["policy"])

@@ -51,7 +51,7 @@ from hostd.measure.window import Terminated, measure, on_sigterm
 from hostd.plumbing.spec import parse_float, parse_int, add_vm_options, parse_duration, vm_spec_from_args
 from hostd.plumbing.units import parse_ns
 from hostd.plumbing.vm import ChildDied
-from vcpu.emu.halt import PATH_BLOCK, PATH_POLL
+from vcpu.abi import PATH_BLOCK, PATH_POLL
 from vcpu.policy import KVM_HALT_POLL_NS_DEFAULT, U32_MAX, PolicySpec
 
 EXIT_CHECK_FAILED = 1

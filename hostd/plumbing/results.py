@@ -6,7 +6,7 @@ import numpy as np
 from hostd.plumbing import backend
 from hostd.plumbing.vm import Vm
 from vcpu import abi
-from vcpu.emu.halt import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
+from vcpu.abi import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
 
 STATS = (
     "halt_exits", "halt_attempted_poll", "halt_successful_poll", "halt_poll_invalid",

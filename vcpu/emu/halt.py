@@ -25,6 +25,7 @@ from array import array
 import zmq
 
 from vcpu import abi
+from vcpu.abi import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
 from vcpu.emu.costs import Costs, spin_ns, spin_until
 from vcpu.emu.guest_haltpoll import GuestHaltPoll
 from vcpu.policy import HostPolicy
@@ -34,8 +35,6 @@ from vcpu.emu.single_task import RunQueue
 NONE, IRQ, TIMER, STOPPED = 0, 1, 2, 3
 # Why a poll ended without an event.
 EXPIRED, PREEMPTED = 4, 5
-# Wake paths, as recorded per sample.
-PATH_POLL, PATH_BLOCK, PATH_GUEST_POLL = 0, 1, 2
 
 # kvm_vcpu_can_poll() polls only while single_task_running() && !need_resched(). Our stand-ins:
 # every few passes, whether tasks not ours are runnable (vcpu/emu/single_task.py: then the poll ends and

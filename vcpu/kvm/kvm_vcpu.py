@@ -23,12 +23,12 @@ import numpy as np
 from vcpu import abi
 from vcpu.kvm import kvm_api, kvm_trace
 from vcpu.kvm.kvm_stats import HALT_COUNTERS, HALT_HISTS
-from vcpu.emu.halt import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
+from vcpu.abi import PATH_BLOCK, PATH_GUEST_POLL, PATH_POLL
 from vcpu.kvm.kvm_vm import KvmVm, catch_stop_signal
 from vcpu.policy import PolicySpec
 
 PUBLISH_S = 0.02  # ~50 us of the housekeeping CPU each
-# Wake paths as the report tags samples, vcpu.emu.halt's codes: the kernel's stats do not say per
+# Wake paths as the report tags samples, vcpu.abi's codes: the kernel's stats do not say per
 # halt whether it polled or blocked; the kvm:kvm_vcpu_wakeup tracepoint does, where tracefs is
 # usable (vcpu/kvm/kvm_trace.py). Without it a halted guest's wakes are PATH_KERNEL, path unknown.
 PATH_KERNEL = 3

@@ -1,0 +1,79 @@
+"""The house's rules (DESIGN §2, ARCHITECTURE.md): imports run one way, nothing hides a circle in a
+function, no module grows past a reader's page count."""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGES = ("hostd", "vcpu", "irqsrc", "bench")
+MAX_LINES = 600
+
+
+def sources() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in Path(ROOT, pkg).rglob("*.py"))
+
+
+def test_the_import_contracts_hold() -> None:
+    """pyproject.toml's [tool.importlinter] contracts, as `lint-imports` checks them."""
+    exe = Path(sys.executable).with_name("lint-imports")
+    r = subprocess.run([str(exe), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    broken = r.stdout[r.stdout.find("Broken contracts"):] if "Broken contracts" in r.stdout else r.stdout
+    assert r.returncode == 0, broken + r.stderr
+
+
+def _imported(node: ast.Import | ast.ImportFrom) -> list[str]:
+    if isinstance(node, ast.ImportFrom):
+        return [node.module or ""] if node.level == 0 else ["."]
+    return [a.name for a in node.names]
+
+
+def function_level_imports(path: Path) -> list[str]:
+    """Imports of project modules inside a function that carry no `# lazy: <reason>`."""
+    text = path.read_text()
+    lines = text.splitlines()
+    out = []
+    for fn in ast.walk(ast.parse(text)):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if not any(m == "." or m.split(".")[0] in PACKAGES for m in _imported(node)):
+                continue
+            # The reason is on the import's own line, or above the run of imports it begins.
+            above = node.lineno - 2
+            while above >= 0 and lines[above].lstrip().startswith(("from ", "import ")):
+                above -= 1
+            said = " ".join(lines[max(above, 0):node.end_lineno])
+            if "# lazy: " not in said:
+                out.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return out
+
+
+def test_no_import_between_project_modules_hides_in_a_function() -> None:
+    found = sorted({x for p in sources() for x in function_level_imports(p)})
+    assert not found, "imports inside functions without a `# lazy: <reason>` comment:\n" + "\n".join(found)
+
+
+def test_a_function_level_import_without_its_reason_is_found(tmp_path) -> None:
+    p = tmp_path / "probe.py"
+    p.write_text("def f():\n    from hostd import cli\n    import json\n\n\ndef g():\n    # lazy: why\n"
+                 "    from hostd import cli\n    from vcpu import abi\n")
+    assert [x.split(": ", 1)[1] for x in function_level_imports(p)] == ["from hostd import cli"]
+
+
+def test_no_module_is_longer_than_a_reader_takes_in() -> None:
+    long = {str(p.relative_to(ROOT)): n for p in sources() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines (split along their seams): {long}"
+
+
+def test_every_package_folder_is_a_package() -> None:
+    """setuptools' packages.find ships a folder only with its __init__.py (a wheel would lack it)."""
+    missing = [d for pkg in PACKAGES[:3] for d, _, files in os.walk(Path(ROOT, pkg))
+               if "__pycache__" not in d and any(f.endswith(".py") for f in files) and "__init__.py" not in files]
+    assert not missing, missing
