@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -116,10 +117,7 @@ def cyclictest(cpu: int, interval_us: int, duration_s: float, slack_ns: int | No
     loops = max(10, int(duration_s * 1e6 / interval_us))
     cmd = [exe, "-t", "1", "-a", str(cpu), "-i", str(interval_us), "-l", str(loops),
            "--policy=other", "-N", "-v", "--laptop"]
-    pre = None
-    if slack_ns is not None:
-        def pre():
-            abi.set_timer_slack_ns(slack_ns)
+    pre = None if slack_ns is None else partial(abi.set_timer_slack_ns, slack_ns)
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=duration_s * 3 + 30, preexec_fn=pre)
     if proc.returncode != 0:
