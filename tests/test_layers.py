@@ -77,3 +77,19 @@ def test_every_package_folder_is_a_package() -> None:
     missing = [d for pkg in PACKAGES[:3] for d, _, files in os.walk(Path(ROOT, pkg))
                if "__pycache__" not in d and any(f.endswith(".py") for f in files) and "__init__.py" not in files]
     assert not missing, missing
+
+
+def test_bench_takes_no_private_name_from_hostd() -> None:
+    """bench may use the engines, not their private parts (a name with a leading underscore)."""
+    taken = []
+    for p in Path(ROOT, "bench").rglob("*.py"):
+        tree = ast.parse(p.read_text())
+        bound = set()  # the names a hostd import binds in this module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "hostd":
+                taken += [f"{p.name}:{node.lineno}: {a.name}" for a in node.names if a.name.startswith("_")]
+                bound |= {a.asname or a.name for a in node.names}
+        taken += [f"{p.name}:{n.lineno}: {n.value.id}.{n.attr}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in bound
+                  and n.attr.startswith("_") and not n.attr.startswith("__")]
+    assert not taken, taken
