@@ -20,8 +20,8 @@ from decimal import Decimal
 
 import pytest
 
+from hostd.service.daemon import SNAPSHOT_S
 from hostd.service.metrics import BUCKET_LE
-from hostd.service.serve import SNAPSHOT_S
 from tests.test_serve import serve_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

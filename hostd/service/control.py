@@ -14,6 +14,7 @@ does its policy read this parameter) are checked by the daemon and rejected the 
 """
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import math
 import os
@@ -28,6 +29,8 @@ import msgpack
 import zmq
 
 from hostd.plumbing.errors import UsageError
+from hostd.plumbing.policy_options import add_policy_options
+from hostd.plumbing.spec import add_vm_options
 from vcpu.policy import U32_MAX
 
 PROTOCOL = 1
@@ -229,18 +232,18 @@ def check_param(name: str, value: int | float) -> int | float:
     return value
 
 
-def launch_option_kinds() -> dict[str, type]:
-    """dest -> bool (a flag) or str, for every option `hostd launch` shares with `hostd run`."""
-    import argparse
-
-    from hostd.plumbing.policy_options import add_policy_options
-    from hostd.plumbing.spec import add_vm_options
-
+def launch_options_parser() -> argparse.ArgumentParser:
+    """The options `hostd launch` shares with `hostd run`, alone in a parser."""
     p = argparse.ArgumentParser(add_help=False)
     add_vm_options(p)
     add_policy_options(p)
+    return p
+
+
+def launch_option_kinds() -> dict[str, type]:
+    """dest -> bool (a flag) or str, for every option `hostd launch` shares with `hostd run`."""
     kinds = {}
-    for a in p._actions:  # noqa: SLF001 - the one way to list what the shared options are
+    for a in launch_options_parser()._actions:  # noqa: SLF001 - the one way to list what the shared options are
         kinds[a.dest] = bool if isinstance(a, argparse._StoreTrueAction) else str  # noqa: SLF001
     return kinds
 
