@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 
 SAVED = Path(__file__).parent / "data" / "json_keys.json"
+# A discarded attempt repeats the keys of a run's own figures (checked there), and which cells a
+# run discards depends on the machine's load: its items are not held to a list.
+UNHELD = "discarded_attempts[]."
 
 
 def paths(doc: object, prefix: str = "") -> set[str]:
@@ -48,5 +51,5 @@ def check(name: str, doc: dict) -> None:
         SAVED.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
         return
     assert name in saved, f"no saved key list for {name!r}: run this test with HPEMU_SAVE_JSON_KEYS=1"
-    missing = sorted(k for k in set(saved[name]) - have if not _in_empty_list(k, have))
+    missing = sorted(k for k in set(saved[name]) - have if not _in_empty_list(k, have) and UNHELD not in k)
     assert not missing, f"{name}: {len(missing)} key(s) of the saved list are gone: {missing[:15]}"

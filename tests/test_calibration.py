@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from hostd.commands.compare import SEED
+from hostd.plumbing.published import SEED
 from hostd.plumbing import calibration
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.policy_options import cycles_to_ns

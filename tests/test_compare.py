@@ -9,8 +9,10 @@ from io import StringIO
 
 import pytest
 
-from hostd.measure import beside_neighbour
+from hostd.analysis import compare_summary, stats
 from hostd.commands import compare
+from hostd.measure import beside_neighbour, cells, disturbance
+from hostd.output import compare_tables, figures
 
 from hostd.plumbing import hoststats
 from hostd.plumbing.errors import UsageError
@@ -25,22 +27,22 @@ def _core(s: dict) -> dict:
 
 
 def test_summarize_is_median_with_min_max_and_skips_missing() -> None:
-    assert _core(compare.summarize([3.0, 1.0, 2.0])) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
-    assert _core(compare.summarize([4, 1, None, 2, 10])) == {"median": 3.0, "min": 1, "max": 10, "n": 4}
-    assert compare.summarize([None, None]) == {"median": None, "min": None, "max": None, "value": None,
+    assert _core(stats.summarize([3.0, 1.0, 2.0])) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert _core(stats.summarize([4, 1, None, 2, 10])) == {"median": 3.0, "min": 1, "max": 10, "n": 4}
+    assert stats.summarize([None, None]) == {"median": None, "min": None, "max": None, "value": None,
                                                "ci_low": None, "ci_high": None, "n": 0}
-    assert compare.summarize([7]) == {"median": 7, "min": 7, "max": 7, "value": 7.0, "ci_low": None,
+    assert stats.summarize([7]) == {"median": 7, "min": 7, "max": 7, "value": 7.0, "ci_low": None,
                                       "ci_high": None, "n": 1}
 
 
 def test_summarize_carries_the_mean_and_its_interval_across_repeats() -> None:
-    s = compare.summarize([1.0, 2.0, 3.0])
+    s = stats.summarize([1.0, 2.0, 3.0])
     assert s["value"] == 2.0 and s["n"] == 3
     assert s["ci_high"] - 2.0 == pytest.approx(2.0 - s["ci_low"]) == pytest.approx(4.303 / 3 ** 0.5, abs=1e-3)
 
 
 def _io(policy: str, rep: int, writes: float, exits: int = 100, ok: int = 50) -> dict:
-    return {"id": compare.run_id("io", policy, rep), "experiment": "io", "policy": policy, "repeat": rep,
+    return {"id": cells.run_id("io", policy, rep), "experiment": "io", "policy": policy, "repeat": rep,
             "metrics": {"writes_per_s": writes, "halt_exits": exits, "halt_successful_poll": ok,
                         "poll_success_pct": 100.0 * ok / exits if exits else None}}
 
@@ -51,7 +53,7 @@ def test_aggregate_pct_of_idle_poll_is_per_repeat_then_median() -> None:
         _io("idle-poll", 2, 2000.0), _io("fixed", 2, 1900.0), _io("none", 2, 1000.0),
         _io("idle-poll", 3, 1000.0), _io("fixed", 3, 800.0), _io("none", 3, 400.0),
     ]
-    s = compare.aggregate(runs)["io"]
+    s = compare_summary.aggregate(runs)["io"]
     assert list(s) == ["none", "fixed", "idle-poll"]  # the run order of policies, not input order
     fixed = s["fixed"]
     assert _core(fixed["writes_per_s"]) == {"median": 900.0, "min": 800.0, "max": 1900.0, "n": 3}
@@ -74,17 +76,17 @@ def test_aggregate_idle_and_timer_cells() -> None:
             for r, c in ((1, 0.3), (2, 0.1), (3, 0.2))]
     runs.append({"id": "timer/fixed/r1", "experiment": "timer", "policy": "fixed", "repeat": 1,
                  "metrics": {"p50_ns": None, "p50_cycles": None}})
-    s = compare.aggregate(runs)
+    s = compare_summary.aggregate(runs)
     assert s["idle"]["none"]["cpu_pct_per_vcpu"]["median"] == pytest.approx(0.2)
     assert s["timer"]["fixed"]["p50_ns"]["median"] is None  # no wake at all: shown as "-"
-    assert compare.cell(s["timer"]["fixed"]["p50_ns"]) == "-"
-    assert compare.cell(s["idle"]["none"]["cpu_pct_per_vcpu"], 2, "%") == "0.20% (0.10-0.30)"
-    assert compare.cell({"median": 5278.6, "min": 5278.6, "max": 5278.6, "n": 1}) == "5,279"
+    assert figures.cell(s["timer"]["fixed"]["p50_ns"]) == "-"
+    assert figures.cell(s["idle"]["none"]["cpu_pct_per_vcpu"], 2, "%") == "0.20% (0.10-0.30)"
+    assert figures.cell({"median": 5278.6, "min": 5278.6, "max": 5278.6, "n": 1}) == "5,279"
 
 
 def test_schedule_interleaves_policies_and_rotates_their_order() -> None:
-    plan = compare.Plan(quick=False, repeat=2, tick_hz=2.5, tsc_khz=2_000_000, out="x",
-                        durations=dict(compare.DURATIONS[False]))
+    plan = cells.Plan(quick=False, repeat=2, tick_hz=2.5, tsc_khz=2_000_000, out="x",
+                      durations=dict(cells.DURATIONS[False]))
     sched = plan.schedule()
     assert len(sched) == 2 * (5 + 5 + 3)
     first = [p for r, e, p in sched if r == 1 and e == "io"]
@@ -116,7 +118,7 @@ MEDIANS = {
 
 
 def test_verdict_is_computed_from_the_numbers() -> None:
-    v = compare.verdict(MEDIANS, fixed_ns=770_380, overcommit=True, cores=2)
+    v = compare_summary.verdict(MEDIANS, fixed_ns=770_380, overcommit=True, cores=2)
     assert "770 us" in v
     assert "reached 97% of idle-poll's writes/s (seed: 99%)" in v
     assert "3.2x the 2,000 writes/s of no polling (30% of idle-poll)" in v
@@ -133,22 +135,22 @@ def test_verdict_follows_other_numbers() -> None:
     m = json.loads(json.dumps(MEDIANS))
     m["io"]["fixed"]["pct_of_idle_poll"] = 60.0
     m["idle"]["fixed"]["cpu_pct_per_vcpu"] = 0.4
-    v = compare.verdict(m, fixed_ns=1_000_000)
+    v = compare_summary.verdict(m, fixed_ns=1_000_000)
     assert "reached 60% of idle-poll" in v
     assert "is not reproduced here, at an idle cost below the seed's" in v
     assert "overcommitted" not in v
     m["io"]["fixed"]["pct_of_idle_poll"] = 85.0
     m["idle"]["fixed"]["cpu_pct_per_vcpu"] = 3.0
-    v = compare.verdict(m, fixed_ns=1_000_000)
+    v = compare_summary.verdict(m, fixed_ns=1_000_000)
     assert "is largely reproduced here, at an idle cost above" in v
     m["io"]["fixed"]["pct_of_idle_poll"] = 300.0  # idle-poll starved by a neighbour
-    v = compare.verdict(m, fixed_ns=1_000_000)
+    v = compare_summary.verdict(m, fixed_ns=1_000_000)
     assert "probably starved of its CPU" in v and "reproduced here" not in v
     # ...unless the calibration charges idle=poll the kernel's injection into a running vCPU.
-    v = compare.verdict(m, fixed_ns=1_000_000, running_inject_ns=446_000)
+    v = compare_summary.verdict(m, fixed_ns=1_000_000, running_inject_ns=446_000)
     assert "charges each interrupt into a running vCPU the 446 us" in v and "starved" not in v
     # Missing cells never crash the verdict.
-    assert "n/a" in compare.verdict({"io": {"fixed": {}}}, fixed_ns=1)
+    assert "n/a" in compare_summary.verdict({"io": {"fixed": {}}}, fixed_ns=1)
 
 
 def _summary(fixed: list[float], none: list[float]) -> dict:
@@ -158,12 +160,12 @@ def _summary(fixed: list[float], none: list[float]) -> dict:
         for r, v in enumerate(values, 1):
             runs += [{"id": f"{e}/{pol}/r{r}", "experiment": e, "policy": pol, "repeat": r, "metrics": {k: v}}
                      for e, k in (("io", "writes_per_s"), ("idle", "cpu_pct_per_vcpu"), ("timer", "p50_cycles"))]
-    return compare.aggregate(runs)
+    return compare_summary.aggregate(runs)
 
 
 def test_verdict_calls_overlapping_cells_indistinguishable() -> None:
     s = _summary([5000.0, 9000.0, 2000.0], [4000.0, 3000.0, 5000.0])  # medians 5,000 vs 4,000, wide spread
-    v = compare.verdict(compare.medians(s), fixed_ns=1_000_000, summary=s)
+    v = compare_summary.verdict(compare_summary.medians(s), fixed_ns=1_000_000, summary=s)
     assert "indistinguishable here from the 4,000 writes/s of no polling" in v and "1.2x" not in v
     assert "without polling (indistinguishable here; seed: 1.5-2.5%)" in v
     assert "5,000 cycles with fixed vs 4,000 cycles without polling, indistinguishable here" in v
@@ -172,11 +174,11 @@ def test_verdict_calls_overlapping_cells_indistinguishable() -> None:
 
 def test_verdict_orders_cells_whose_intervals_are_apart() -> None:
     s = _summary([9000.0, 9100.0, 8900.0], [3000.0, 3050.0, 2950.0])
-    v = compare.verdict(compare.medians(s), fixed_ns=1_000_000, summary=s)
+    v = compare_summary.verdict(compare_summary.medians(s), fixed_ns=1_000_000, summary=s)
     assert "3.0x the 3,000 writes/s of no polling" in v and "indistinguishable" not in v
     # A single run per cell has no interval: the ordering stays, with a caution.
     one = _summary([9000.0], [3000.0])
-    v = compare.verdict(compare.medians(one), fixed_ns=1_000_000, summary=one)
+    v = compare_summary.verdict(compare_summary.medians(one), fixed_ns=1_000_000, summary=one)
     assert "3.0x the 3,000 writes/s" in v and "One run per cell has no interval across repeats" in v
 
 
@@ -192,21 +194,21 @@ def test_disturbance_names_its_cause_only_where_it_matters() -> None:
     def res(attempted, preempted):
         return {"vcpus": [{"stats": {"halt_attempted_poll": attempted, "halt_poll_preempted": preempted}}]}
     quiet = res(1500, 15)
-    assert compare.disturbance("io", "fixed", quiet, 0.05) is None
-    assert compare.disturbance("io", "none", quiet, 0.6) == "other processes used 0.60 of a core beside it"
-    assert compare.disturbance("timer", "fixed", res(1500, 1100), 0.05) == \
+    assert disturbance.disturbance("io", "fixed", quiet, 0.05) is None
+    assert disturbance.disturbance("io", "none", quiet, 0.6) == "other processes used 0.60 of a core beside it"
+    assert disturbance.disturbance("timer", "fixed", res(1500, 1100), 0.05) == \
         "73% of its polls were cut short by preemption"
-    assert compare.disturbance("timer", "fixed", res(10, 9), 0.0) is None  # too few polls to say
+    assert disturbance.disturbance("timer", "fixed", res(10, 9), 0.0) is None  # too few polls to say
     # A halting idle guest leaves its CPU to whoever wants it; idle-poll's share is what it reports.
-    assert compare.disturbance("idle", "none", quiet, 0.99) is None
-    assert compare.disturbance("idle", "idle-poll", res(0, 0), 0.5) is not None
+    assert disturbance.disturbance("idle", "none", quiet, 0.99) is None
+    assert disturbance.disturbance("idle", "idle-poll", res(0, 0), 0.5) is not None
 
 
 def test_polls_our_neighbour_preempts_are_no_disturbance_but_others_load_still_is() -> None:
     res = {"vcpus": [{"stats": {"halt_attempted_poll": 1500, "halt_poll_preempted": 1400}}]}
-    assert compare.disturbance("timer", "adaptive", res, 0.05) == "93% of its polls were cut short by preemption"
-    assert compare.disturbance("timer", "adaptive", res, 0.05, ours=True) is None
-    assert compare.disturbance("io", "adaptive", res, 0.6, ours=True) == "other processes used 0.60 of a core beside it"
+    assert disturbance.disturbance("timer", "adaptive", res, 0.05) == "93% of its polls were cut short by preemption"
+    assert disturbance.disturbance("timer", "adaptive", res, 0.05, ours=True) is None
+    assert disturbance.disturbance("io", "adaptive", res, 0.6, ours=True) == "other processes used 0.60 of a core beside it"
 
 
 def _neighbour_result(preempted: int, foreign: float) -> dict:
@@ -224,14 +226,14 @@ def _neighbour_result(preempted: int, foreign: float) -> dict:
             "host_cpus": {"foreign_load": foreign}}
 
 
-@pytest.mark.parametrize("foreign, attempts, disturbed", [(0.0, 1, False), (0.6, compare.MAX_ATTEMPTS, True)])
+@pytest.mark.parametrize("foreign, attempts, disturbed", [(0.0, 1, False), (0.6, disturbance.MAX_ATTEMPTS, True)])
 def test_a_neighbour_cell_is_not_retried_or_starred_for_the_polls_it_preempts(monkeypatch, foreign, attempts,
                                                                               disturbed) -> None:
     """measure_all beside our neighbour: 90% of the polls preempted is the experiment; others' load
     is still measured again and flagged."""
-    plan = compare.Plan(quick=True, repeat=1, tick_hz=2.5, tsc_khz=2_000_000, out="x",
-                        durations=dict(compare.DURATIONS[True]), neighbours=(NeighbourSpec(0.5, 2_000_000),))
-    job = next(j for j in compare.jobs(plan) if j.neighbour is not None and j.workload == "timer"
+    plan = cells.Plan(quick=True, repeat=1, tick_hz=2.5, tsc_khz=2_000_000, out="x",
+                      durations=dict(cells.DURATIONS[True]), neighbours=(NeighbourSpec(0.5, 2_000_000),))
+    job = next(j for j in cells.jobs(plan) if j.neighbour is not None and j.workload == "timer"
                and j.policy == "adaptive")
     calls = []
 
@@ -241,10 +243,10 @@ def test_a_neighbour_cell_is_not_retried_or_starred_for_the_polls_it_preempts(mo
         calls.append(what)
         return _neighbour_result(1350, foreign), None, foreign
 
-    monkeypatch.setattr(compare, "_measure_cell", fake)
-    monkeypatch.setattr(compare, "jobs", lambda plan_: [job])
-    monkeypatch.setattr(compare, "RETRY_BUDGET", 10.0)  # one cell alone: let the budget allow its retries
-    runs, samples = compare.measure_all(plan, progress=False)
+    monkeypatch.setattr(cells, "_measure_cell", fake)
+    monkeypatch.setattr(cells, "jobs", lambda plan_: [job])
+    monkeypatch.setattr(cells, "RETRY_BUDGET", 10.0)  # one cell alone: let the budget allow its retries
+    runs, samples = cells.measure_all(plan, progress=False)
     (run,) = runs
     assert len(calls) == attempts and run["disturbed"] is disturbed and not samples
     assert run["poll_preempted_frac"] == 0.9 and run["metrics"]["polls_preempted_pct"] == 90.0
@@ -347,7 +349,7 @@ def check_neighbour_experiment(doc: dict, out) -> None:
     with open(out / "neighbour_runs.csv") as f:
         assert len(list(csv.DictReader(f))) == len(runs)
     buf = StringIO()
-    compare.print_tables(doc, buf)
+    compare_tables.print_tables(doc, buf)
     text = " ".join(buf.getvalue().split())  # rich wraps lines at its width
     assert "Beside a neighbour: timer" in text and "Beside a neighbour: io" in text and "50% of 2 ms" in text
     assert "one run of 0.5 s per cell" in text
@@ -409,9 +411,9 @@ def test_quick_compare_end_to_end(tmp_path, hostd) -> None:
     assert [row["policy"] for row in rows] == ["none", "fixed", "adaptive", "guest-haltpoll", "idle-poll"]
 
     assert doc["config"]["quick"] and doc["config"]["repeat"] == 1
-    assert len([r for r in doc["runs"] if r["experiment"] in compare.EXPERIMENTS]) == 13
+    assert len([r for r in doc["runs"] if r["experiment"] in cells.EXPERIMENTS]) == 13
     assert all(r["neighbour"] is None and r["result"]["neighbour"] is None
-               for r in doc["runs"] if r["experiment"] in compare.EXPERIMENTS)  # the seed's: never beside one
+               for r in doc["runs"] if r["experiment"] in cells.EXPERIMENTS)  # the seed's: never beside one
     # The bare-metal reference, both ways, in the repeat; % of bare metal against the idle-CPUs figure.
     assert sorted(r["id"] for r in doc["runs"] if r["experiment"] == "bare-metal") == [
         "bare-metal/busy/r1", "bare-metal/idle/r1"]

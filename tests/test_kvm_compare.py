@@ -7,10 +7,10 @@ import psutil
 from rich.console import Console
 
 from hostd.cli import build_parser
-from hostd.measure import beside_neighbour
-from hostd.commands import compare
 from hostd.analysis import fidelity
-from hostd.output import side_by_side
+from hostd.commands import compare
+from hostd.measure import beside_neighbour, cells
+from hostd.output import compare_verdict, fidelity_table, figures, neighbour_tables, side_by_side
 from hostd.plumbing.neighbour import NeighbourSpec
 from tests.conftest import segments_of
 
@@ -42,9 +42,9 @@ def test_ratios_are_emulator_over_kernel_and_null_where_either_is_missing():
 
 def test_cells_pair_each_kernel_figure_with_its_ratio():
     side = side_by_side.document(EMU, KVM)
-    row = side_by_side.cells(side, "timer", "fixed", compare.cell)
+    row = side_by_side.cells(side, "timer", "fixed", figures.cell)
     assert row == ["40,000", "0.05x", "100,000", "9.0x"]
-    assert side_by_side.cells(side, "io", "guest-haltpoll", compare.cell) == ["-", "-", "-", "-"]
+    assert side_by_side.cells(side, "io", "guest-haltpoll", figures.cell) == ["-", "-", "-", "-"]
     assert len(side_by_side.columns("io")) == len(row)
 
 
@@ -62,15 +62,15 @@ def test_both_falls_back_to_the_emulator_with_the_reason(monkeypatch):
 
 
 def test_both_runs_each_cell_on_each_backend_back_to_back(kvm):
-    plan = compare.Plan(quick=True, repeat=1, tick_hz=2.5, tsc_khz=2_000_000, out="x",
-                        durations=dict(compare.DURATIONS[True]), backends=compare._backends("both")[0])
-    cells = plan.cells()
+    plan = cells.Plan(quick=True, repeat=1, tick_hz=2.5, tsc_khz=2_000_000, out="x",
+                      durations=dict(cells.DURATIONS[True]), backends=compare._backends("both")[0])
+    order = plan.cells()
     assert ("emu", "kvm") == plan.backends
-    assert (1, "io", "none", "emu") in cells and (1, "io", "none", "kvm") in cells
-    assert (1, "io", "guest-haltpoll", "kvm") not in cells
-    i = cells.index((1, "timer", "fixed", "emu"))
-    assert cells[i + 1] == (1, "timer", "fixed", "kvm")
-    assert compare.run_id("io", "none", 1, "kvm") == "kvm:io/none/r1"
+    assert (1, "io", "none", "emu") in order and (1, "io", "none", "kvm") in order
+    assert (1, "io", "guest-haltpoll", "kvm") not in order
+    i = order.index((1, "timer", "fixed", "emu"))
+    assert order[i + 1] == (1, "timer", "fixed", "kvm")
+    assert cells.run_id("io", "none", 1, "kvm") == "kvm:io/none/r1"
 
 
 def test_compare_on_kvm_alone_refuses_in_one_line_without_kvm(hostd):
@@ -91,11 +91,11 @@ def test_fidelity_rows_mark_what_is_within_reach_and_explain_known_misses():
     assert rows["io.none"]["within"] and rows["io.none"]["why"] is None  # 4,000 / 3,500 = 1.14x: no reason shown
     assert not rows["timer.fixed.p50"]["within"] and rows["timer.fixed.p50"]["why"] is None  # 0.05x, unexplained
     assert rows["idle.fixed"]["why"] and not rows["idle.fixed"]["within"]  # the kernel's fixed polled on 0% of halts
-    assert fidelity.mark(rows["idle.fixed"]) == "✗ explained"
-    assert rows["io.idle-poll"]["ratio"] is None and fidelity.mark(rows["io.idle-poll"]) == "-"
-    line = fidelity.summary_line(list(rows.values()), "none (the raw emulator)")
+    assert fidelity_table.mark(rows["idle.fixed"]) == "✗ explained"
+    assert rows["io.idle-poll"]["ratio"] is None and fidelity_table.mark(rows["io.idle-poll"]) == "-"
+    line = fidelity_table.summary_line(list(rows.values()), "none (the raw emulator)")
     assert "timer.fixed.p50" in line and "io.fixed" not in line.split("outside:")[1]
-    csv_text = fidelity.to_csv(list(rows.values()))
+    csv_text = fidelity_table.to_csv(list(rows.values()))
     assert csv_text.splitlines()[0].startswith("figure,key,emulator,kernel,emu_over_kvm")
     assert len(csv_text.splitlines()) == 1 + len(fidelity.ROWS)
 
@@ -122,17 +122,15 @@ def _merge(*parts: dict) -> dict:
 
 
 def _explained(r: dict, *numbers: str) -> None:
-    from hostd.analysis import fidelity
-    assert not r["within"] and r["why"] and fidelity.mark(r) == "✗ explained", r
+    assert not r["within"] and r["why"] and fidelity_table.mark(r) == "✗ explained", r
     for n in numbers:
         assert n in r["why"], (n, r["why"])
-    assert r["why"] in fidelity.to_csv([r])
+    assert r["why"] in fidelity_table.to_csv([r])
 
 
 def _plain_miss(r: dict) -> None:
-    from hostd.analysis import fidelity
-    assert r["ratio"] is not None and not r["within"] and r["why"] is None and fidelity.mark(r) == "✗", r
-    assert fidelity.to_csv([r]).splitlines()[1].endswith(",False,")
+    assert r["ratio"] is not None and not r["within"] and r["why"] is None and fidelity_table.mark(r) == "✗", r
+    assert fidelity_table.to_csv([r]).splitlines()[1].endswith(",False,")
 
 
 def test_fidelity_keeps_only_explanations_with_a_condition_on_the_runs_figures():
@@ -245,13 +243,13 @@ def test_neighbour_fidelity_judges_ratios_points_and_cores():
     rows = {r["key"]: r for r in fidelity.neighbour_rows(emu, kvm)}
     assert len(rows) == len(fidelity.NEIGHBOUR_ROWS)  # one neighbour; guest-haltpoll has no kernel side
     p50, ok, lost = (rows[f"neighbour.50%:2ms.timer.adaptive.{k}"] for k in ("p50", "success", "lost"))
-    assert p50["within"] and p50["check"] == "ratio" and fidelity.ratio_text(p50) == "1.10x"
-    assert not ok["within"] and ok["diff"] == -20.0 and fidelity.ratio_text(ok) == "-20 points" and ok["why"] is None
-    assert lost["within"] and fidelity.ratio_text(lost) == "+0.020 core" and lost["digits"] == 3
-    assert fidelity.mark(rows["neighbour.50%:2ms.io.none.writes"]) == "-"  # not measured: neither a hit nor a miss
-    line = fidelity.summary_line(list(rows.values()), "none")
+    assert p50["within"] and p50["check"] == "ratio" and fidelity_table.ratio_text(p50) == "1.10x"
+    assert not ok["within"] and ok["diff"] == -20.0 and fidelity_table.ratio_text(ok) == "-20 points" and ok["why"] is None
+    assert lost["within"] and fidelity_table.ratio_text(lost) == "+0.020 core" and lost["digits"] == 3
+    assert fidelity_table.mark(rows["neighbour.50%:2ms.io.none.writes"]) == "-"  # not measured: neither a hit nor a miss
+    line = fidelity_table.summary_line(list(rows.values()), "none")
     assert "2 of 3 figures" in line and "±15 points" in line and "neighbour.50%:2ms.timer.adaptive.success" in line
-    assert "emu_minus_kvm,check,within" in fidelity.to_csv(list(rows.values())).splitlines()[0]
+    assert "emu_minus_kvm,check,within" in fidelity_table.to_csv(list(rows.values())).splitlines()[0]
     assert fidelity.neighbour_rows(emu, None) == []
 
 
@@ -284,7 +282,7 @@ def test_neighbour_verdict_is_computed_from_the_figures():
                  "50%:2ms/io/none": {"writes_per_s": 2000.0}, "50%:2ms/io/adaptive": {"writes_per_s": 3000.0}})
     kvm = _nb(**{"50%:2ms/timer/adaptive": {"poll_success_pct": 25.0, "neighbour_cpu_lost_cores": 0.02}})
     ns = [NeighbourSpec(0.1, 2_000_000), NeighbourSpec(0.5, 2_000_000)]
-    v = beside_neighbour.verdict(emu, ns, kvm)
+    v = compare_verdict.neighbour_verdict(emu, ns, kvm)
     assert "spinning 50% of 2 ms" in v and "gave way to it (30% of halts ended in a successful poll, 95% alone)" in v
     assert "guest-haltpoll, whose poll runs in guest mode and does not yield, ended 98% of its idle periods in a " \
         "poll (99% alone)" in v
@@ -293,11 +291,11 @@ def test_neighbour_verdict_is_computed_from_the_figures():
     assert "io 3,000 writes/s with adaptive against 2,000 without (1.5x the throughput)" in v
     emu["50%:2ms"]["timer"]["adaptive"]["poll_success_pct"] = _s(90.0)
     emu["50%:2ms"]["timer"]["guest-haltpoll"]["neighbour_cpu_lost_cores"] = _s(-0.05)
-    v = beside_neighbour.verdict(emu, ns)
+    v = compare_verdict.neighbour_verdict(emu, ns)
     assert "did not give way (90%" in v and "gave way to it" not in v and "took less of the neighbour's CPU" in v
-    assert "kernel" not in v and beside_neighbour.verdict({}, []) == ""
+    assert "kernel" not in v and compare_verdict.neighbour_verdict({}, []) == ""
     del emu["alone"]  # no reference: the share alone, no judgement
-    assert "the host's adaptive polling ended 90% of halts in a successful poll and" in beside_neighbour.verdict(emu, ns)
+    assert "the host's adaptive polling ended 90% of halts in a successful poll and" in compare_verdict.neighbour_verdict(emu, ns)
 
 
 def test_neighbour_experiment_on_both_backends_in_process(kvm, tmp_path, monkeypatch):
@@ -305,9 +303,9 @@ def test_neighbour_experiment_on_both_backends_in_process(kvm, tmp_path, monkeyp
     kernel, the kernel's columns printed and its fidelity rows judged; nothing left behind."""
     args = build_parser().parse_args(["compare", "--quick", "--backend", "both", "--out", str(tmp_path)])
     plan = replace(compare.plan_from_args(args), neighbours=(NeighbourSpec(0.5, 2_000_000),))
-    every = compare.jobs
-    monkeypatch.setattr(compare, "jobs", lambda p: [j for j in every(p) if j.experiment == beside_neighbour.EXPERIMENT])
-    runs, _ = compare.measure_all(plan, progress=False)
+    every = cells.jobs
+    monkeypatch.setattr(cells, "jobs", lambda p: [j for j in every(p) if j.experiment == beside_neighbour.EXPERIMENT])
+    runs, _ = cells.measure_all(plan, progress=False)
     assert len(runs) == 2 * 2 * 5  # (alone, 50%) x (timer, io) x (3 policies on emu, 2 on kvm)
     assert all(not r["check_failures"] for r in runs), [r["check_failures"] for r in runs]
     near = beside_neighbour.document(plan, runs)
@@ -327,10 +325,10 @@ def test_neighbour_experiment_on_both_backends_in_process(kvm, tmp_path, monkeyp
                                         fidelity.NEIGHBOUR_ROWS for _k in [{"wake_p50_ns": "p50", "writes_per_s": "writes",
                                                                             "poll_success_pct": "success",
                                                                             "neighbour_cpu_lost_cores": "lost"}[m]]}
-    assert all(fidelity.mark(r) != "-" for r in rows)  # every figure measured on both sides
+    assert all(fidelity_table.mark(r) != "-" for r in rows)  # every figure measured on both sides
     doc = {"config": {"tsc_khz": plan.tsc_khz}, "neighbour": near}
     buf = _io.StringIO()
-    beside_neighbour.print_tables(doc, Console(file=buf, width=150), compare.cell, set())
+    neighbour_tables.print_tables(doc, Console(file=buf, width=150), figures.cell, set())
     text = buf.getvalue()
     assert "Beside a neighbour: timer" in text and "kvm" in text and "50% of 2 ms" in text
     left = [p for p in psutil.Process().children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())]

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import pytest
 
+from hostd.analysis.tables_summary import aggregate, verdict, verdicts
 from hostd.commands import tables
-from hostd.commands.tables import QUOTED, TablePlan, aggregate, verdict, verdicts
+from hostd.measure.table_cells import TablePlan
+from hostd.plumbing.published import QUOTED, ROWS, TABLES
 
 
 def test_verdict_reproduced_direction_only_and_not():
@@ -55,16 +57,16 @@ def test_verdicts_judge_c0_and_its_proxy_and_flag_neighbours():
 
 
 def test_plan_cells_and_kernel_cells_that_cannot_run():
-    plan = TablePlan(tables.TABLES, quick=True, repeat=2, tsc_khz=2_600_000, backends=("emu", "kvm"))
+    plan = TablePlan(TABLES, quick=True, repeat=2, tsc_khz=2_600_000, backends=("emu", "kvm"))
     cells = plan.cells()
     emu = [c for c in cells if c[3] == "emu"]
     assert len(emu) == 2 * 12
     # rr has no kvm guest, always-poll needs the never-shrink module parameters: never run on kvm.
     assert all(c[1].workload == "idle" and c[2] != "fixed" for c in cells if c[3] == "kvm")
-    rr = next(r for r in tables.ROWS if r.table == "guest2019")
+    rr = next(r for r in ROWS if r.table == "guest2019")
     assert "no rr workload" in plan.kvm_na(rr, "host-poll")
     assert "guest-haltpoll" in plan.kvm_na(rr, "guest-poll")
-    idle = tables.ROWS[0]
+    idle = ROWS[0]
     assert plan.kvm_na(idle, "fixed")  # a reason, from the backend's own check
     assert plan.policy("guest-poll").guest_halt_poll_ns == 300_000
     assert plan.policy("host-poll").halt_poll_ns == 300_000 and plan.policy("fixed").halt_poll_ns == 500_000

@@ -1,28 +1,22 @@
-"""The fidelity table of `compare --backend both`: each of the seed's figures, emulator beside kernel.
+"""The fidelity rows of `compare --backend both`: each of the seed's figures, emulator beside kernel.
 
 A row is within reach when emulator / kernel lies in [LOW, HIGH]; beside a neighbour (compare's
 fourth experiment, beside_neighbour) a share of halts is within reach within ±POINTS points and
-the neighbour's CPU lost within ±CORES core of the kernel's, both differences. The table says only what this run
-measured: a row that missed carries an explanation only where that explanation's condition holds
-in this run's own figures (its summaries, the same `emu` and `kvm` that `rows` reads), and the
-explanation states that condition with this run's numbers; otherwise the row is a plain ✗ beside
-its numbers. A reason that no figure of the run can check (a story about a code path) is not
-printed. Pure functions of compare's summaries, tested without processes.
+the neighbour's CPU lost within ±CORES core of the kernel's, both differences (the bounds:
+hostd/plumbing/fidelity_bounds.py). The table says only what this run measured: a row that missed
+carries an explanation only where that explanation's condition holds in this run's own figures
+(its summaries, the same `emu` and `kvm` that `rows` reads), and the explanation states that
+condition with this run's numbers; otherwise the row is a plain ✗ beside its numbers. A reason
+that no figure of the run can check (a story about a code path) is not printed. Pure functions of
+compare's summaries, tested without processes; hostd/output/fidelity_table.py shows the rows.
 """
 from __future__ import annotations
 
-import csv
-import io as _io
 from typing import Callable, NamedTuple
 
-from hostd.measure import beside_neighbour
 from hostd.output.side_by_side import median_of
-
-LOW, HIGH = 0.8, 1.25
-POINTS = 15.0  # beside a neighbour: successful polls within this many percentage points of the kernel's
-CORES = 0.03  # beside a neighbour: the neighbour's CPU lost within this many cores of the kernel's
-TOLERANCES = (f"✓: emu / kvm within {LOW}-{HIGH}x; beside a neighbour, successful polls within ±{POINTS:g} points "
-              f"and the neighbour's CPU lost within ±{CORES:g} core")
+from hostd.plumbing import neighbour_cases
+from hostd.plumbing.fidelity_bounds import CORES, HIGH, LOW, POINTS
 
 # (key, experiment, policy, metric, label). The kernel's `fixed` is its adaptive polling capped at
 # the budget, which polls as fixed does wherever halts are shorter than the cap (io, timer).
@@ -236,11 +230,11 @@ def _judge(check: str, e: float | None, k: float | None) -> tuple[float | None, 
 def _alone_same_way(case: str, wl: str, pol: str, metric: str, check: str) -> Explanation:
     """The same figure without a neighbour misses on the same side: the gap is not the neighbour's."""
     def judged(emu: dict, kvm: dict, where: str) -> tuple[float | None, float | None, bool | None]:
-        g = beside_neighbour.median_of
+        g = neighbour_cases.median_of
         return _judge(check, g(emu, where, wl, pol, metric), g(kvm, where, wl, pol, metric))
 
     def holds(emu: dict, kvm: dict) -> bool:
-        here, alone = judged(emu, kvm, case), judged(emu, kvm, beside_neighbour.ALONE)
+        here, alone = judged(emu, kvm, case), judged(emu, kvm, neighbour_cases.ALONE)
         if here[2] is not False or alone[2] is not False:
             return False
         if check == "ratio":
@@ -248,7 +242,7 @@ def _alone_same_way(case: str, wl: str, pol: str, metric: str, check: str) -> Ex
         return (here[1] > 0) == (alone[1] > 0)
 
     def text(emu: dict, kvm: dict) -> str:
-        r, d, _ = judged(emu, kvm, beside_neighbour.ALONE)
+        r, d, _ = judged(emu, kvm, neighbour_cases.ALONE)
         gap = f"{r:.2f}x" if check == "ratio" else f"{d:+.0f} points"
         return f"without a neighbour the emulator misses the same way ({gap}): the gap is not the neighbour's doing"
     return Explanation(holds, text)
@@ -257,7 +251,7 @@ def _alone_same_way(case: str, wl: str, pol: str, metric: str, check: str) -> Ex
 def _baseline_moved(case: str, wl: str, pol: str) -> Explanation:
     """The neighbour got the same CPU beside the VM on both sides; only its baseline alone differed."""
     def figures(emu: dict, kvm: dict) -> tuple:
-        g = beside_neighbour.median_of
+        g = neighbour_cases.median_of
         return tuple(g(s, case, wl, pol, m) for m in ("neighbour_cpu_cores", "neighbour_alone_cpu_cores")
                      for s in (emu, kvm))
 
@@ -285,10 +279,10 @@ def neighbour_rows(emu: dict, kvm: dict | None) -> list[dict]:
     if kvm is None:
         return []
     out = []
-    for case in (c for c in emu if c != beside_neighbour.ALONE):
+    for case in (c for c in emu if c != neighbour_cases.ALONE):
         for wl, pol, metric, check, label in NEIGHBOUR_ROWS:
-            e = beside_neighbour.median_of(emu, case, wl, pol, metric)
-            k = beside_neighbour.median_of(kvm, case, wl, pol, metric)
+            e = neighbour_cases.median_of(emu, case, wl, pol, metric)
+            k = neighbour_cases.median_of(kvm, case, wl, pol, metric)
             ratio, diff, within = _judge(check, e, k)
             x = neighbour_explanation(case, wl, pol, metric, check)
             why = x.text(emu, kvm) if within is False and x.condition(emu, kvm) else None
@@ -296,49 +290,3 @@ def neighbour_rows(emu: dict, kvm: dict | None) -> list[dict]:
                         "emu": e, "kvm": k, "ratio": ratio, "diff": diff, "check": check, "within": bool(within),
                         "why": why, "digits": _DIGITS.get(check, 0)})
     return out
-
-
-def _measured(r: dict) -> bool:
-    return (r["ratio"] if r.get("check", "ratio") == "ratio" else r.get("diff")) is not None
-
-
-def summary_line(table: list[dict], profile: str) -> str:
-    measured = [r for r in table if _measured(r)]
-    within = sum(r["within"] for r in measured)
-    missed = [r["key"] for r in measured if not r["within"]]
-    s = f"Fidelity, emulator calibration {profile}: {within} of {len(measured)} figures within {LOW}-{HIGH}x of the kernel's"
-    if any(r.get("check", "ratio") != "ratio" for r in measured):
-        s += f" (beside a neighbour: successful polls within ±{POINTS:g} points, CPU lost within ±{CORES:g} core)"
-    return s + (f"; outside: {', '.join(missed)}." if missed else ".")
-
-
-def to_csv(table: list[dict]) -> str:
-    buf = _io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["figure", "key", "emulator", "kernel", "emu_over_kvm", "emu_minus_kvm", "check", "within", "why_not"])
-    for r in table:
-        diff = r.get("diff")
-        w.writerow([r["figure"], r["key"], r["emu"], r["kvm"], None if r["ratio"] is None else round(r["ratio"], 3),
-                    None if diff is None else round(diff, 4), _check_text(r.get("check", "ratio")), r["within"],
-                    r["why"] or ""])
-    return buf.getvalue()
-
-
-def _check_text(check: str) -> str:
-    return {"ratio": f"ratio {LOW}-{HIGH}", "points": f"+-{POINTS:g} points", "cores": f"+-{CORES:g} core"}[check]
-
-
-def ratio_text(r: dict) -> str:
-    """emu / kvm for a ratio row, emu - kvm for a difference row; "-" where unmeasured."""
-    check = r.get("check", "ratio")
-    if not _measured(r):
-        return "-"
-    if check == "ratio":
-        return f"{r['ratio']:.2f}x"
-    return f"{r['diff']:+.0f} points" if check == "points" else f"{r['diff']:+.3f} core"
-
-
-def mark(r: dict) -> str:
-    if not _measured(r):
-        return "-"
-    return "✓" if r["within"] else ("✗ explained" if r["why"] else "✗")

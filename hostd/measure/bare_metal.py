@@ -3,14 +3,18 @@
 The same 4 KiB O_DSYNC pwrites the io experiment's device makes, on the same kind of file and the
 same CPU, with no vCPU in the loop (the VM's vCPU just stays halted). Measured twice, because
 "bare metal" is not one number on a machine whose idle CPUs wake slowly (DESIGN §9): with the
-other CPUs idle, and with them kept busy by a spinning process each.
+other CPUs idle, and with them kept busy by a spinning process each. The verdict's sentence on
+them is hostd.output.compare_verdict.bare_metal_verdict.
 """
 from __future__ import annotations
 
 import subprocess
 import sys
 
+from hostd.analysis.stats import summarize
+from hostd.measure.disturbance import DISTURBED
 from hostd.measure.window import measure
+from hostd.output.report import check_failures
 from hostd.plumbing.spec import VmSpec, place
 from vcpu.policy import PolicySpec
 
@@ -53,9 +57,6 @@ REFERENCE = "idle"  # "% of bare metal" is against the idle-CPUs figure: a bare-
 
 def run_record(mode: str, repeat: int, duration_s: float, tsc_khz: int) -> dict:
     """One bare-metal run as compare stores its runs (experiment "bare-metal", policy = the mode)."""
-    from hostd.commands.compare import DISTURBED
-    from hostd.output.report import check_failures
-
     m = measure_bare_io(mode, duration_s, tsc_khz)
     result = m.pop("result")
     foreign = result["host_cpus"]["foreign_load"]
@@ -88,9 +89,7 @@ def measure_repeat(repeat: int, duration_s: float, tsc_khz: int, bar, weight: fl
 
 def pct_of_bare_metal(runs: list[dict], backend: str = "emu") -> dict:
     """{"idle"|"busy": summary of the bare writes/s, "pct": {policy: summary of io writes/s as % of
-    the same repeat's bare-metal (REFERENCE) writes/s}}; summaries from compare's summarize()."""
-    from hostd.commands.compare import summarize  # compare imports this module
-
+    the same repeat's bare-metal (REFERENCE) writes/s}}; summaries from stats.summarize()."""
     bare = {(r["policy"], r["repeat"]): r for r in runs if r["experiment"] == "bare-metal"}
     out: dict = {"reference": f"bare metal with the other CPUs {REFERENCE}, same repeat"}
     for mode in MODES:
@@ -115,18 +114,3 @@ def pct_of_bare_metal(runs: list[dict], backend: str = "emu") -> dict:
     out["pct"] = {p: {**summarize(v), "runs": ids} for p, (v, ids) in pct.items()}
     out["pct"]["bare-busy"] = {**summarize(busy), "runs": out["busy"]["runs"] + out[REFERENCE]["runs"]}
     return out
-
-
-def verdict(bare: dict) -> str:
-    """The seed's bare-metal claims against the measured reference ("" where it was not measured)."""
-    pct = bare["pct"]
-    if bare[REFERENCE]["median"] is None or "fixed" not in pct:
-        return ""
-
-    def p(pol: str) -> str:
-        m = pct.get(pol, {}).get("median")
-        return "n/a" if m is None else f"{m:.0f}%"
-
-    return (f" Against bare metal (the device's own O_DSYNC writes with no vCPU, other CPUs idle: "
-            f"{bare[REFERENCE]['median']:,.0f} writes/s), none made {p('none')} and fixed {p('fixed')} "
-            f"(the seed: ~30% and 60-65%); with the other CPUs busy, bare metal made {p('bare-busy')} of that.")

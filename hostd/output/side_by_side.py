@@ -61,7 +61,7 @@ def columns(exp: str) -> list[str]:
 
 
 def cells(side: dict, exp: str, pol: str, fmt) -> list[str]:
-    """The kernel's cells for one row: each figure (formatted by compare's `cell`) and its ratio."""
+    """The kernel's cells for one row: each figure (formatted by `fmt`, hostd.output.figures.cell) and its ratio."""
     m = side["summary"].get(exp, {}).get(pol)
     out = []
     for metric, digits, unit in FIGURES[exp]:

@@ -5,10 +5,11 @@ import csv
 import io as _io
 import os
 
-from hostd.commands.compare import cell
-from hostd.commands.tables import QUOTED, ROWS
+from hostd.output import plots
+from hostd.output.figures import cell
 from hostd.plumbing import calibration
 from hostd.plumbing.output import atomic_write, write_json
+from hostd.plumbing.published import QUOTED, ROWS
 
 CSV_STATS = ("median", "min", "max", "value", "ci_low", "ci_high", "n")
 SHOWN = {  # per row: (metric, digits, unit) columns measured
@@ -40,6 +41,7 @@ def _metrics(row) -> tuple:
 
 
 def print_doc(doc: dict, out) -> None:
+    # lazy: rich costs start-up time every hostd command would pay; only printing needs it
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -120,8 +122,6 @@ def summary_csv(doc: dict, table: str) -> str:
 def plot(path: str, doc: dict, table: str) -> None:
     """Per row a panel: each config's measured median with its min-max, and its quoted figure drawn
     as a labelled range (a band; a line where the quote is one number)."""
-    from hostd.output import plots
-
     plt = plots.pyplot()
     rows = [r for r in ROWS if r.table == table]
     panels = [(r, r.figure) for r in rows] + ([(rows[0], "pct_of_host")] if table == "guest2019" else [])

@@ -1,0 +1,275 @@
+"""The cells `hostd compare` measures: its plan, each run's figures, and measuring them all.
+
+Three experiments, every policy in each, repeated and interleaved (repeat outermost, the policy
+order rotated each repeat, so drift over the run hits every policy alike), each cell on every
+backend in turn; then the fourth, beside a neighbour (beside_neighbour). A run other processes
+disturbed (hostd.measure.disturbance) is measured again within a budget and the least disturbed
+attempt kept; the io experiment's bare-metal reference (bare_metal) is measured once per repeat.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from hostd.measure import bare_metal, beside_neighbour
+from hostd.measure.disturbance import MAX_ATTEMPTS, RETRY_BUDGET, disturbance, poll_preempted_frac
+from hostd.measure.window import measure
+from hostd.output import side_by_side
+from hostd.output.figures import num
+from hostd.output.progress import Progress
+from hostd.output.report import check_failures
+from hostd.plumbing.neighbour import NeighbourSpec
+from hostd.plumbing.policy_options import cycles_to_ns
+from hostd.plumbing.published import IDLE_VCPUS
+from hostd.plumbing.results import vcpu_samples
+from hostd.plumbing.spec import VmSpec, place
+from hostd.plumbing.vm import ChildDied
+from vcpu.policy import KVM_HALT_POLL_NS_DEFAULT, POLICIES, SEED_HALT_POLL_CYCLES, PolicySpec
+
+EXPERIMENTS = ("io", "idle", "timer")
+EXPERIMENT_POLICIES = {
+    "io": POLICIES,  # none, fixed, adaptive, guest-haltpoll, idle-poll
+    "idle": POLICIES,
+    "timer": ("none", "fixed", "adaptive"),
+}
+# Seconds measured per cell. Defaults: 13 cells x 3 repeats, ~2 min on 2 cores with start-up.
+# Quick: one repeat, ~30 s. Idle cells are long enough for several ticks of every vCPU at the
+# default 2.5 Hz tick (5+ halts per vCPU per idle cell).
+DURATIONS = {
+    False: {"io": 2.0, "idle": 3.0, "timer": 1.5},
+    True: {"io": 1.5, "idle": 2.0, "timer": 1.0},
+}
+# Estimated start-up + teardown per cell, only for the progress bar's ETA.
+CELL_OVERHEAD_S = 0.9
+
+
+# --- plan -------------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    quick: bool
+    repeat: int
+    tick_hz: float
+    tsc_khz: int
+    out: str
+    durations: dict[str, float] = field(default_factory=dict)
+    backends: tuple[str, ...] = ("emu",)  # the first is the tables' own; a second (kvm) is shown beside it
+    kvm_unavailable: str | None = None  # why --backend both shows the emulator alone
+    # Beside the emulator, kvm cells run --quick's durations: `./run.sh` (both) stays within ~4 min on
+    # 2 cores. The kernel's rates and percentiles need no longer: its wakes are as many per second.
+    side_durations: dict[str, float] = field(default_factory=lambda: dict(DURATIONS[True]))
+    calibration: dict | None = None  # the profile the emulator's cells apply (Profile.to_dict()), or None
+    # The fourth experiment (beside_neighbour): its neighbours, runs per cell and seconds per run.
+    neighbours: tuple[NeighbourSpec, ...] = beside_neighbour.DEFAULT_NEIGHBOURS
+    neighbour_repeat: int = beside_neighbour.REPEAT
+    neighbour_adaptive_repeat: int = beside_neighbour.REPEAT
+    neighbour_duration: float = beside_neighbour.DURATION_S[False]
+
+    def duration(self, experiment: str, backend: str) -> float:
+        return self.side_durations[experiment] if backend != self.backends[0] else self.durations[experiment]
+
+    @property
+    def fixed_ns(self) -> int:
+        return cycles_to_ns(SEED_HALT_POLL_CYCLES, self.tsc_khz)
+
+    def policy_spec(self, policy: str) -> PolicySpec:
+        if policy == "fixed":
+            return PolicySpec(policy="fixed", host_policy="fixed", halt_poll_ns=self.fixed_ns)
+        if policy == "adaptive":
+            return PolicySpec(policy="adaptive", host_policy="adaptive", halt_poll_ns=KVM_HALT_POLL_NS_DEFAULT)
+        # none; guest-haltpoll (the haltpoll driver turns host polling off); idle-poll (never halts)
+        return PolicySpec(policy=policy, host_policy="none", halt_poll_ns=0)
+
+    def vm_spec(self, experiment: str, policy: str, backend: str = "emu", *, policy_spec: PolicySpec | None = None,
+                duration: float | None = None, neighbour: NeighbourSpec | None = None) -> VmSpec:
+        """The VM of a cell: the experiment is its workload; the other experiment (beside_neighbour)
+        gives its own policy spec, duration and neighbour."""
+        vcpus = IDLE_VCPUS if experiment == "idle" else 1
+        vcpu_cpus, device_cpu, overcommit = place(vcpus, None, None, False)
+        duration = self.duration(experiment, backend) if duration is None else duration
+        spec = VmSpec(vm="vm0", vcpus=vcpus, workload=experiment, policy=policy_spec or self.policy_spec(policy),
+                      vcpu_cpus=vcpu_cpus, device_cpu=device_cpu, overcommit=overcommit,
+                      tick_hz=self.tick_hz, duration_s=duration, backend=backend,
+                      calibration=self.calibration if backend == "emu" else None, neighbour=neighbour)
+        spec.sample_capacity = int(min(4_000_000, max(65_536, duration * 200_000)))
+        return spec
+
+    def schedule(self) -> list[tuple[int, str, str]]:
+        """(repeat, experiment, policy) in run order: repeats outermost, policies rotated per repeat."""
+        out = []
+        for r in range(1, self.repeat + 1):
+            for exp in EXPERIMENTS:
+                pols = list(EXPERIMENT_POLICIES[exp])
+                k = (r - 1) % len(pols)
+                for pol in pols[k:] + pols[:k]:
+                    out.append((r, exp, pol))
+        return out
+
+    def cells(self) -> list[tuple[int, str, str, str]]:
+        """schedule() with each cell measured on every backend in turn, back to back, so drift
+        hits the emulator and the kernel alike: (repeat, experiment, policy, backend)."""
+        return [(r, e, p, b) for r, e, p in self.schedule() for b in self.backends
+                if b == "emu" or p in side_by_side.KVM_POLICIES]
+
+
+def run_id(experiment: str, policy: str, repeat: int, backend: str = "emu") -> str:
+    return f"{'kvm:' if backend == 'kvm' else ''}{experiment}/{policy}/r{repeat}"
+
+
+def placement(plan: Plan) -> dict:
+    """Where each experiment's VM runs: its vCPUs' CPUs, the device's, and whether they overcommit."""
+    out = {}
+    for exp in EXPERIMENTS:
+        vcpus = IDLE_VCPUS if exp == "idle" else 1
+        vcpu_cpus, device_cpu, overcommit = place(vcpus, None, None, False)
+        out[exp] = {"vcpus": vcpus, "vcpu_cpus": vcpu_cpus, "device_cpu": device_cpu, "overcommit": overcommit}
+    return out
+
+
+# --- one run's figures -------------------------------------------------------------------------------
+
+def run_metrics(result: dict) -> dict:
+    """The figures compare reports from one run's §8 result."""
+    w = result["workload"]
+    vcpus = result["vcpus"]
+    if w["name"] == "io":
+        exits = sum(v["stats"]["halt_exits"] for v in vcpus)
+        ok = sum(v["stats"]["halt_successful_poll"] for v in vcpus)
+        lat = vcpus[0]["latency_ns"]["all"]
+        seconds = result["spec"]["duration_s"]
+        return {
+            "writes_per_s": w["ops_per_s"],
+            "halt_exits": exits,
+            "exits_per_s": exits / seconds if seconds else None,
+            "halt_successful_poll": ok,
+            "poll_success_pct": 100.0 * ok / exits if exits else None,
+            "wake_p50_ns": lat["p50"],
+            "wake_p99_ns": lat["p99"],
+        }
+    if w["name"] == "idle":
+        return {
+            "cpu_pct_per_vcpu": 100.0 * w["cpu_frac_per_vcpu"],
+            "halts_per_s": w["halts_per_s"],
+            "failed_polls_per_s": w["failed_polls_per_s"],
+        }
+    ns, cy = w["latency_ns"], w["latency_cycles"]
+    exits = sum(v["stats"]["halt_exits"] for v in vcpus)
+    ok = sum(v["stats"]["halt_successful_poll"] for v in vcpus)
+    return {
+        "p50_ns": ns["p50"], "p99_ns": ns["p99"], "max_ns": ns["max"],
+        "p50_cycles": cy["p50"], "p99_cycles": cy["p99"], "max_cycles": cy["max"],
+        "wakes": ns["count"], "poll_success_pct": 100.0 * ok / exits if exits else None,
+    }
+
+
+def _brief(m: dict) -> str:
+    """One progress line's figures."""
+    if "writes_per_s" in m:
+        return f"{m['writes_per_s']:,.0f} writes/s"
+    if "cpu_pct_per_vcpu" in m:
+        return f"{m['cpu_pct_per_vcpu']:.2f}% of a core per vCPU, {m['halts_per_s']:.1f} halts/s"
+    return f"p50 {num(m['p50_ns'])} ns"
+
+
+# --- measuring ----------------------------------------------------------------------------------------
+
+class Job(NamedTuple):
+    """One run to measure: a cell of the seed's experiments or of beside_neighbour's."""
+    rid: str
+    experiment: str  # io, idle, timer, or beside_neighbour.EXPERIMENT
+    workload: str
+    policy: str
+    repeat: int
+    backend: str
+    neighbour: NeighbourSpec | None
+    label: str  # the progress bar's
+    weight: float  # planned seconds, start-up included
+    spec: Callable[[], VmSpec]  # a fresh VM spec per attempt
+    metrics: Callable[[dict], dict]  # the figures of its §8 result
+    brief: Callable[[dict], str]  # those figures in a progress line
+
+
+def jobs(plan: Plan) -> list[Job]:
+    """Every run of the plan in order: the seed's cells (plan.cells()), then beside_neighbour's."""
+    out = [Job(run_id(e, p, r, b), e, e, p, r, b, None, f"{b} {e:<5} {p:<14} repeat {r}/{plan.repeat}",
+               plan.duration(e, b) + CELL_OVERHEAD_S, partial(plan.vm_spec, e, p, b), run_metrics, _brief)
+           for r, e, p, b in plan.cells()]
+    for c in beside_neighbour.cells(plan):
+        out.append(Job(c.run_id(), beside_neighbour.EXPERIMENT, c.workload, c.policy, c.repeat, c.backend,
+                       c.neighbour, f"{c.backend} {c.workload:<5} {c.policy:<14} beside: {c.case}",
+                       plan.neighbour_duration + beside_neighbour.baseline_s(c) + CELL_OVERHEAD_S,
+                       partial(beside_neighbour.vm_spec, plan, c), beside_neighbour.run_metrics,
+                       beside_neighbour.brief))
+    return out
+
+
+def _measure_cell(plan: Plan, make_spec: Callable[[], VmSpec], what: str):
+    """One run: (§8 result, wake-latency samples in ns, foreign load). Retries once if a child died."""
+    for attempt in (1, 2):
+        spec = make_spec()
+        try:
+            result, vm = measure(spec, plan.tsc_khz, progress=False)
+            foreign = result["host_cpus"]["foreign_load"]
+        except (ChildDied, TimeoutError) as exc:
+            if attempt == 2:
+                raise
+            sys.stderr.write(f"hostd: {what}: {exc}; retrying the run once\n")
+            continue
+        samples = np.concatenate([vcpu_samples(vm, i)[0] for i in range(spec.vcpus)])
+        return result, samples, foreign
+    raise AssertionError("unreachable")
+
+
+def measure_all(plan: Plan, progress: bool) -> tuple[list[dict], dict]:
+    """Run every cell of the plan (jobs()); returns (runs, samples[(experiment, policy)] -> [arrays]),
+    samples of the seed's experiments only.
+
+    A run disturbed by other processes (see disturbance()) is run again, up to MAX_ATTEMPTS and
+    within RETRY_BUDGET of the planned time; the least disturbed attempt is kept and the others are
+    listed in the run's "discarded_attempts".
+    """
+    todo = jobs(plan)
+    retry_budget = RETRY_BUDGET * sum(j.weight for j in todo)
+    bare_w = plan.durations["io"] + CELL_OVERHEAD_S
+    runs: list[dict] = []
+    samples: dict[tuple[str, str], list] = {}
+    with Progress([j.weight for j in todo] + [bare_w] * len(bare_metal.MODES) * plan.repeat, progress) as bar:
+        for k, job in enumerate(todo, 1):
+            rep, exp, pol, backend, weight = job.repeat, job.experiment, job.policy, job.backend, job.weight
+            if exp == "io" and not any(r["experiment"] == "bare-metal" and r["repeat"] == rep for r in runs):
+                runs += bare_metal.measure_repeat(rep, plan.durations["io"], plan.tsc_khz, bar, bare_w)
+            ours = job.neighbour is not None
+            attempts = []
+            while True:
+                n = len(attempts) + 1
+                bar.start_cell(f"[{k}/{len(todo)}] {job.label}" + (f" (attempt {n}: machine busy)" if n > 1 else ""),
+                               weight)
+                result, lat, foreign = _measure_cell(plan, job.spec, f"{job.workload}/{pol}")
+                why = disturbance(job.workload, pol, result, foreign, ours)
+                score = foreign + (0.0 if ours else poll_preempted_frac(result))
+                attempts.append((why is not None, score, foreign, why, result, lat))
+                if why is None or n >= MAX_ATTEMPTS or retry_budget < weight:
+                    break
+                retry_budget -= weight
+                bar.end_cell(weight, f"  [{k}/{len(todo)}] {job.rid}: {why}; measuring again", extra=True)
+            _, _, foreign, why, result, lat = min(attempts, key=lambda a: (a[0], a[1]))
+            metrics = job.metrics(result)
+            runs.append({
+                "id": job.rid, "experiment": exp, "workload": job.workload, "policy": pol, "repeat": rep, "order": k,
+                "backend": backend, "neighbour": job.neighbour.to_dict() if ours else None, "metrics": metrics,
+                "foreign_load": round(foreign, 4), "poll_preempted_frac": round(poll_preempted_frac(result), 4),
+                "disturbed": why is not None, "disturbance": why,
+                "discarded_attempts": [{"foreign_load": round(a[2], 4), "disturbance": a[3],
+                                        "metrics": job.metrics(a[4])} for a in attempts if a[4] is not result],
+                "check_failures": check_failures(result), "result": result,
+            })
+            if exp in EXPERIMENTS:  # the plots' samples: the seed's experiments
+                key = exp if backend == plan.backends[0] else side_by_side.sample_key(exp)  # kvm beside emu
+                samples.setdefault((key, pol), []).append(lat)
+            note = f" ({why})" if why else ""
+            bar.end_cell(weight, f"  [{k}/{len(todo)}] {job.rid}: {job.brief(metrics)}{note}")
+    return runs, samples
