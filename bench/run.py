@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from bench import emu, floors, recording, vmm_floor
 from vcpu.kvm import kvm_api
 from hostd.analysis import stats
+from hostd.output.intervals import compact
 from hostd.plumbing.orphans import remove_stale_segments
 
 
@@ -494,7 +495,7 @@ def table(figs: list[Figure]) -> str:
         if _noise_only(f):
             met = "yes, within noise"
         value = _fmt(f.value, f.unit) if not f.error else f"error: {f.error[:60]}"
-        ratio = stats.compact(f.ratio_ci, lambda x: f"{x:.2f}") if f.ratio_ci else \
+        ratio = compact(f.ratio_ci, lambda x: f"{x:.2f}") if f.ratio_ci else \
             "-" if f.ratio is None else f"{f.ratio:.2f}"
         rows.append((f.label, value, floor, ratio, f.target or "-", met))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

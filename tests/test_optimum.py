@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hostd.analysis.optimum import fixed_cost, optimal_budget, penalty_from_latencies, replay_cost
-from hostd.commands.replay import read_halts, replay
+from hostd.commands.replay import read_halts
+from hostd.replay.replayer import replay
 from vcpu.policy import PolicySpec
 
 

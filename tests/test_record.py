@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from hostd.commands import record
+from hostd.trace import recording
 from hostd.trace.parse import RECORD_HEADER
 from tests.conftest import stop_gently
+from vcpu.kvm.tracefs import MOUNT_POINT, mount, mount_point, unmount
 
 ROOT = Path(__file__).resolve().parent.parent
-EVENTS = record.EVENTS
+EVENTS = recording.EVENTS
 USER_INSTANCE = "hpemu-test-user"  # stands for another tool's tracing, which must survive
 
 
@@ -50,21 +51,21 @@ def tracefs():
     """tracefs mounted for the test (and unmounted after if the test mounted it), with the kvm
     tracepoints present; skips saying why where not."""
     needs_root()
-    root = record.tracefs_mount()
+    root = mount_point()
     mounted = root is None
     if mounted:
         try:
-            record.mount_tracefs()
+            mount()
         except Exception as exc:  # noqa: BLE001 - the reason is the skip message
             pytest.skip(f"cannot mount tracefs: {exc}")
-        root = record.MOUNT_POINT
+        root = MOUNT_POINT
     try:
         if not all(os.path.isdir(f"{root}/events/{e}") for e in EVENTS):
             pytest.skip("the kvm module is not loaded: no kvm tracepoints")
         yield root
     finally:
         if mounted:
-            record.unmount_tracefs()
+            unmount()
 
 
 def _read(path: str) -> str:
@@ -84,7 +85,7 @@ def snapshot(root: str) -> dict:
     snap = {f: _read(f"{root}/{f}") for f in files}
     # Other sessions' instances (the kvm backend keeps one per traced vCPU) come and go on their own.
     snap["instances"] = sorted(n for n in os.listdir(f"{root}/instances")
-                               if n.startswith(record.INSTANCE_PREFIX) or n == USER_INSTANCE)
+                               if n.startswith(recording.INSTANCE_PREFIX) or n == USER_INSTANCE)
     user = f"{root}/instances/{USER_INSTANCE}"
     if os.path.isdir(user):
         snap["user"] = {f: _read(f"{user}/{f}") for f in ("tracing_on", "set_event",
@@ -113,7 +114,7 @@ def users_tracing(tracefs):
 
 def _wait_recording(root: str, p: subprocess.Popen, instance: bool = True) -> str:
     """Until the recorder has its events switched on; returns the directory it records in."""
-    base = f"{root}/instances/{record.INSTANCE_PREFIX}{p.pid}" if instance else root
+    base = f"{root}/instances/{recording.INSTANCE_PREFIX}{p.pid}" if instance else root
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -241,7 +242,7 @@ def test_a_killed_recorders_instance_is_removed_by_the_next_run(tracefs, tmp_pat
 
 def test_tracefs_is_mounted_for_the_recording_and_unmounted_after(tmp_path):
     needs_root()
-    if record.tracefs_mount() is not None:
+    if mount_point() is not None:
         pytest.skip("tracefs is already mounted here; the mount-and-unmount path runs where it is not")
     out = tmp_path / "t.txt"
     p = hostd_record(str(out), "--duration", "0.5")
@@ -249,5 +250,5 @@ def test_tracefs_is_mounted_for_the_recording_and_unmounted_after(tmp_path):
     if p.returncode == 2 and "kvm tracepoints are not in tracefs" in stderr:
         pytest.skip("the kvm module is not loaded: no kvm tracepoints")
     assert p.returncode == 0, stderr
-    assert record.tracefs_mount() is None
+    assert mount_point() is None
     assert out.read_text().startswith(RECORD_HEADER)

@@ -12,7 +12,8 @@ import pytest
 from hostd.plumbing import policy_options
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.policy_options import add_policy_options, cycles_to_ns, policy_spec_from_args, tsc_khz_from_machine
-from hostd.commands.replay import read_halts, replay
+from hostd.commands.replay import read_halts
+from hostd.replay.replayer import replay
 from vcpu.emu.guest_haltpoll import GuestHaltPoll
 from vcpu.policy import AdaptivePoll, PolicySpec
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hostd.analysis import stats
+from hostd.output.intervals import compact, si
 
 TRIALS = 400
 # Coverage measured on TRIALS samples may fall this far below 95% by chance (4 standard errors).
@@ -177,9 +178,9 @@ def test_json_form_and_compact_text():
     d = iv.to_dict()
     assert list(d) == ["value", "ci_low", "ci_high", "n"]
     assert stats.interval(d) == iv
-    assert stats.compact(d, stats.si) == "50.5 [40-61]"
-    assert stats.compact(stats.Interval(546368.0, None, 620000.0, 5), stats.si, " ns") == "546k ns [?-620k]"
-    assert stats.compact(None, stats.si) == "-"
-    assert stats.si(1234) == "1.23k" and stats.si(2_000_000) == "2M"
+    assert compact(d, si) == "50.5 [40-61]"
+    assert compact(stats.Interval(546368.0, None, 620000.0, 5), si, " ns") == "546k ns [?-620k]"
+    assert compact(None, si) == "-"
+    assert si(1234) == "1.23k" and si(2_000_000) == "2M"
     assert stats.Interval(1.0, 0.5, 2.0, 3).overlaps(stats.Interval(1.9, 1.8, None, 3))
     assert not stats.Interval(1.0, 0.5, 1.5, 3).overlaps(stats.Interval(2.0, 1.6, None, 3))

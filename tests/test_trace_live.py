@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from hostd.commands import record
+from hostd.trace import recording
 from tests.conftest import Launcher, stop_gently
+from vcpu.kvm import tracefs
 
 ROOT = Path(__file__).resolve().parent.parent
 CAP_NS = 2_000_000
@@ -63,14 +64,14 @@ def traces(tmp_path_factory):
     _needs_root_and_kvm()
     d = tmp_path_factory.mktemp("live")
     mounts_before = _trace_mounts()  # perf and trace-cmd mount tracefs (or debugfs) as they please
-    root = record.tracefs_mount()
+    root = tracefs.mount_point()
     mounted = root is None
     if mounted:  # perf and trace-cmd need tracefs too; hostd record would mount its own
-        record.mount_tracefs()
-        root = record.MOUNT_POINT
+        tracefs.mount()
+        root = tracefs.MOUNT_POINT
     if not os.path.isdir(f"{root}/events/kvm/kvm_vcpu_wakeup"):
         if mounted:
-            record.unmount_tracefs()
+            tracefs.unmount()
         pytest.skip("the kvm module is not loaded: no kvm tracepoints")
     out: dict = {}
     procs: list[subprocess.Popen] = []
@@ -80,7 +81,7 @@ def traces(tmp_path_factory):
         rec = subprocess.Popen([sys.executable, "-m", "hostd", "record", str(d / "record.txt"), "--duration", "300"],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(rec)
-        inst = f"{root}/instances/{record.INSTANCE_PREFIX}{rec.pid}"
+        inst = f"{root}/instances/{recording.INSTANCE_PREFIX}{rec.pid}"
         _wait_for(lambda: os.path.exists(f"{inst}/tracing_on") and open(f"{inst}/tracing_on").read().strip() == "1"
                   and open(f"{inst}/events/kvm/kvm_halt_poll_ns/enable").read().strip() == "1", "hostd record")
         if shutil.which("perf"):
@@ -96,7 +97,7 @@ def traces(tmp_path_factory):
             # `trace-cmd record` insists on ftrace files that this kernel does not let us write;
             # an instance of our own read by `trace-cmd extract` gives the same `trace-cmd report`.
             os.mkdir(tc)
-            for e in record.EVENTS:
+            for e in recording.EVENTS:
                 with open(f"{tc}/events/{e}/enable", "w") as f:
                     f.write("1\n")
         else:
@@ -138,7 +139,7 @@ def traces(tmp_path_factory):
         for p in procs:
             stop_gently(p, 30)
         if os.path.isdir(tc):  # trace-cmd extract removes it; any other path leaves it to us
-            for e in record.EVENTS:
+            for e in recording.EVENTS:
                 with open(f"{tc}/events/{e}/enable", "w") as f:
                     f.write("0\n")
             os.rmdir(tc)

@@ -14,9 +14,13 @@ from hypothesis import strategies as st
 from hostd.plumbing.errors import UsageError
 from tests import json_keys
 from hostd.analysis.optimum import optimal_budget, replay_cost
-from hostd.commands.replay import read_halts, replay
+from hostd.analysis.recommend import MIN_HIT_RATIO, recommend
+from hostd.commands.replay import read_halts
+from hostd.replay.replayer import replay
 from hostd.analysis.stats import quantile_ci, wilson
-from hostd.commands.tune import MIN_HIT_RATIO, parse_ns, parse_range, points_csv, recommend, sweep_budgets
+from hostd.commands.tune import parse_range, sweep_budgets
+from hostd.output.tune_report import points_csv
+from hostd.plumbing.units import parse_ns
 from vcpu.policy import PolicySpec
 
 

@@ -11,7 +11,7 @@ scheduler adds to a wake). Polling CPU and wake latency are both ns of a CPU or 
 vCPU, so the model prices one ns of host CPU the same as one ns of guest wake delay; the expected
 cost per halt is the mean over the recorded halts.
 
-The same price applies to a replayed policy (`hostd.commands.replay` rows): poll CPU (host and guest poll)
+The same price applies to a replayed policy (`hostd.replay.replayer` rows): poll CPU (host and guest poll)
 plus P per halt that blocked. For a fixed budget that is exactly the formula above, which is what
 lets `optimal_budget` be checked against replay.
 
@@ -81,7 +81,7 @@ def optimal_budget(halts: Sequence[int] | np.ndarray, penalty_ns: float) -> Opti
 
 
 def replay_cost(summary: dict, penalty_ns: float) -> float:
-    """Total cost of a `hostd.commands.replay` summary: poll CPU (host and guest) plus P per blocked halt.
+    """Total cost of a `hostd.replay.replayer` summary: poll CPU (host and guest) plus P per blocked halt.
 
     Modelled exit costs (--exit-cost-ns) are added too: a VM exit is CPU the guest-side
     poll avoids."""

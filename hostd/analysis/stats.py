@@ -254,25 +254,3 @@ def scaled_n(n: int, width: float, wanted: float) -> int:
     if n <= 0 or not math.isfinite(width) or wanted <= 0:
         raise ValueError("need n > 0, a finite width and a positive target width")
     return max(n + 1, math.ceil(n * (width / wanted) ** 2))
-
-
-# --- formatting -------------------------------------------------------------------------------------
-
-def compact(iv: Interval | dict | None, fmt, unit: str = "") -> str:
-    """'value<unit> [low-high]' with fmt for each number, '?' for an unbounded end, '-' if no value."""
-    iv = interval(iv)
-    if iv is None or iv.value is None:
-        return "-"
-    lo = "?" if iv.ci_low is None else fmt(iv.ci_low)
-    hi = "?" if iv.ci_high is None else fmt(iv.ci_high)
-    return f"{fmt(iv.value)}{unit} [{lo}-{hi}]"
-
-
-def si(x: float) -> str:
-    """3 significant digits with k/M: 546368 -> 546k, 1234 -> 1.23k, 0.5 -> 0.5."""
-    a = abs(x)
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if a >= div:
-            v = x / div
-            return f"{v:.3g}{suffix}" if abs(v) < 1000 else f"{v:,.0f}{suffix}"
-    return f"{x:.3g}"

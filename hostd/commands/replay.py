@@ -1,120 +1,31 @@
-"""`hostd replay`: run recorded halt durations through a policy offline, no processes.
+"""`hostd replay`: run halt durations through a policy offline, no processes.
 
-Each input line is one halt: the time in ns from the moment the guest goes idle (HLT, or for
-guest-haltpoll the start of its poll) to the interrupt that ends it. Per halt the replay reports
-the budget the policy used, whether the wait ended while polling, and the budget after the
-policy's update, using the same policy classes the vCPU processes run.
-
-Row semantics:
-- host policies: budget_ns = begin_halt(); polled_ok = the budget was > 0 and the interrupt came
-  within it; next_budget_ns = what the next HLT will poll (the per-vCPU value capped to the max).
-- guest-haltpoll adds guest_budget_ns / guest_polled_ok / guest_next_budget_ns. A halt that ends
-  inside the guest poll never exits: budget_ns is null and polled_ok is true (nobody blocked).
-  Otherwise the host sees an HLT of halt_ns - guest_budget_ns, and the guest governor reflects
-  that residency plus the modelled exit cost.
-- idle-poll: the guest never halts; it spins the whole time. budget_ns and next_budget_ns are
-  null, polled_ok is true, and the poll CPU is the whole halt.
+--halts FILE: one halt duration in ns per line, replayed through one policy (hostd.replay.replayer,
+whose docstring says what each row means), the rows printed. --trace FILE: a real KVM host's trace
+(`hostd record`, trace-cmd or perf), every policy replayed per vCPU thread beside the offline
+optimum and the kernel's own decisions (hostd.replay.trace_replay).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
 
+from hostd.output.replay_text import describe, format_rows, format_summary
+from hostd.output.trace_report import format_report, write_out
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.policy_options import DEFAULT_POLICY, add_policy_options, policy_spec_from_args
-from vcpu.emu.guest_haltpoll import make_guest_policy
-from vcpu.policy import PolicySpec, make_host_policy
+from hostd.replay import trace_replay
+from hostd.replay.halts_csv import HaltsCsv
+from hostd.replay.replayer import replay
+from hostd.trace.parse import TraceInfo, TraceReader
 
-EDGE_ROWS = 20  # human output shows the first and last this many rows of a long replay
-
-
-@dataclass
-class ReplayResult:
-    spec: PolicySpec
-    rows: list[dict]
-    summary: dict
-
-
-class Replayer:
-    """One policy replayed one halt at a time. replay() drives it over a list; a trace replay
-    (hostd.replay.trace_replay) drives one per vCPU over a stream too long to hold."""
-
-    def __init__(self, spec: PolicySpec) -> None:
-        self.spec = spec
-        self.host = make_host_policy(spec)
-        self.guest = make_guest_policy(spec)
-        self.halts = self.halted = self.polled = self.guest_polled = self.exits = self.poll_cpu = 0
-        self.budget_sum = self.guest_budget_sum = 0
-
-    def step(self, halt_ns: int, valid: bool = True) -> dict:
-        """One halt of halt_ns; valid: the kernel's vcpu_valid_wakeup() (always true on x86)."""
-        spec, host, guest = self.spec, self.host, self.guest
-        self.halts += 1
-        self.halted += halt_ns
-        if spec.policy == "idle-poll":
-            self.polled += 1
-            self.poll_cpu += halt_ns
-            return {"halt_ns": halt_ns, "budget_ns": None, "polled_ok": True, "next_budget_ns": None}
-        row: dict = {"halt_ns": halt_ns}
-        host_ns = halt_ns
-        if guest is not None:
-            guest_budget = guest.poll_budget()
-            self.guest_budget_sum += guest_budget
-            guest_ok = 0 < guest_budget and halt_ns <= guest_budget
-            row["guest_budget_ns"] = guest_budget
-            row["guest_polled_ok"] = guest_ok
-            if guest_ok:
-                guest.reflect(False, 0)
-                self.guest_polled += 1
-                self.polled += 1
-                self.poll_cpu += halt_ns
-                row.update(budget_ns=None, polled_ok=True, next_budget_ns=host.next_budget(),
-                           guest_next_budget_ns=guest.poll_budget())
-                return row
-            self.poll_cpu += guest_budget
-            host_ns = halt_ns - guest_budget
-        self.exits += 1
-        budget = host.begin_halt()
-        self.budget_sum += budget
-        ok = 0 < budget and host_ns <= budget
-        host.end_halt(host_ns, waited=not ok, valid=valid)
-        self.polled += ok
-        self.poll_cpu += host_ns if ok else budget
-        row.update(budget_ns=budget, polled_ok=ok, next_budget_ns=host.next_budget())
-        if guest is not None:
-            guest.reflect(True, host_ns + spec.exit_cost_ns)
-            row["guest_next_budget_ns"] = guest.poll_budget()
-        return row
-
-    def summary(self) -> dict:
-        n, halted, exits = self.halts, self.halted, self.exits
-        summary = {
-            "policy": self.spec.policy,
-            "halts": n,
-            "polled_ok": self.polled,
-            "success_ratio": self.polled / n if n else None,
-            "blocks": n - self.polled,
-            "exits": exits,
-            "poll_cpu_ns": self.poll_cpu,
-            "halted_ns": halted,
-            "poll_cpu_frac": self.poll_cpu / halted if halted else None,
-            "exit_cost_ns": exits * self.spec.exit_cost_ns,
-            "budget_ns_mean": self.budget_sum / exits if exits else None,  # host budget per exit
-        }
-        if self.guest is not None:
-            summary["guest_polled_ok"] = self.guest_polled
-            summary["guest_budget_ns_mean"] = self.guest_budget_sum / n if n else None
-        return summary
-
-
-def replay(spec: PolicySpec, halts: Iterable[int]) -> ReplayResult:
-    """Drive fresh policy objects for `spec` through `halts` (ns each), one row per halt."""
-    replayer = Replayer(spec)
-    rows = [replayer.step(halt_ns) for halt_ns in halts]
-    return ReplayResult(spec, rows, replayer.summary())
+# P when --penalty-ns is not given: what one block costs a wake on this project's machines
+# (DESIGN §9: irqfd write -> guest ISR p50 69 us with no polling, 12.5 us with a 2 ms poll).
+DEFAULT_PENALTY_NS = 56_000
 
 
 def read_halts(path: str) -> list[int]:
@@ -142,70 +53,9 @@ def read_halts(path: str) -> list[int]:
     return halts
 
 
-def describe(spec: PolicySpec) -> str:
-    """One line naming the policy and the parameters it actually reads."""
-    host = {
-        "none": "no host polling",
-        "fixed": f"fixed halt_poll_ns={spec.halt_poll_ns}",
-        "adaptive": f"adaptive halt_poll_ns={spec.halt_poll_ns} grow={spec.halt_poll_ns_grow} "
-                    f"grow_start={spec.halt_poll_ns_grow_start} shrink={spec.halt_poll_ns_shrink}",
-    }[spec.host_policy]
-    if spec.policy == "idle-poll":
-        return "policy idle-poll: the guest never halts"
-    if spec.policy == "guest-haltpoll":
-        guest = (f"guest_halt_poll_ns={spec.guest_halt_poll_ns} grow={spec.guest_halt_poll_grow} "
-                 f"grow_start={spec.guest_halt_poll_grow_start} shrink={spec.guest_halt_poll_shrink} "
-                 f"allow_shrink={'Y' if spec.guest_halt_poll_allow_shrink else 'N'}")
-        return f"policy guest-haltpoll: {guest}; host: {host}"
-    return f"policy {spec.policy}: {host}"
-
-
-def format_rows(rows: list[dict], numbered: bool = True, left: int = 0) -> list[str]:
-    """A right-aligned table (its first `left` columns left-aligned), rows numbered unless told
-    otherwise; long replays keep the first and last EDGE_ROWS rows."""
-    if not rows:
-        return []
-    keys = list(rows[0])
-    shown = list(enumerate(rows, 1))
-    omitted = 0
-    if len(shown) > 2 * EDGE_ROWS:
-        omitted = len(shown) - 2 * EDGE_ROWS
-        shown = shown[:EDGE_ROWS] + shown[-EDGE_ROWS:]
-
-    def cell(v: object) -> str:
-        return "-" if v is None else ("yes" if v else "no") if isinstance(v, bool) else str(v)
-
-    table = [["#", *keys]] + [[str(i), *(cell(r[k]) for k in keys)] for i, r in shown]
-    if not numbered:
-        table = [line[1:] for line in table]
-    widths = [max(len(line[c]) for line in table) for c in range(len(table[0]))]
-    out = ["  ".join(v.ljust(w) if c < left else v.rjust(w)
-                     for c, (v, w) in enumerate(zip(line, widths, strict=True))) for line in table]
-    if omitted:
-        out.insert(1 + EDGE_ROWS, f"... {omitted} more halts (--json prints every row) ...")
-    return out
-
-
-def format_summary(summary: dict) -> list[str]:
-    ratio = summary["success_ratio"]
-    lines = [f"halts {summary['halts']}: {summary['polled_ok']} ended while polling"
-             f"{f' ({ratio:.1%})' if ratio is not None else ''}, "
-             f"{summary['blocks']} blocked, {summary['exits']} exits to the host"]
-    if "guest_polled_ok" in summary:
-        lines.append(f"guest poll ended {summary['guest_polled_ok']} halts without an exit")
-    if summary["poll_cpu_frac"] is not None:
-        lines.append(f"poll CPU {summary['poll_cpu_ns']} ns = {summary['poll_cpu_frac']:.1%} "
-                     f"of the {summary['halted_ns']} ns halted")
-    if summary["exit_cost_ns"]:
-        lines.append(f"modelled exit cost {summary['exit_cost_ns']} ns")
-    return lines
-
-
 def main(args: argparse.Namespace) -> int:
     if args.trace is not None:
-        from hostd.replay import trace_replay
-
-        return trace_replay.main(args)
+        return _main_trace(args)
     for option in ("pid", "comm", "penalty_ns", "out"):
         if getattr(args, option) is not None:
             raise UsageError(f"--{option.replace('_', '-')}: only with --trace")
@@ -223,9 +73,100 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from hostd.replay import trace_replay  # it builds on this module
+def _main_trace(args: argparse.Namespace) -> int:
+    """--trace: every policy, the optimum and the kernel's own decisions on a real host's trace."""
+    pids, comm_re = _pids(args.pid), _comm(args.comm)
+    penalty = _penalty(args)
+    max_unmatched = _count(args.max_unmatched, "--max-unmatched")
+    made_out = bool(args.out) and not os.path.isdir(args.out)
+    if args.out:
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--out: cannot create {args.out}: {exc.strerror or exc}") from None
+    reader = TraceReader(args.trace, max_unmatched=max_unmatched)
+    halts_csv = HaltsCsv(args.out) if args.out else None
+    try:
+        replayed = trace_replay.replay_trace(reader, args, pids, comm_re, halts_csv)
+        _refuse_unusable(args, reader.info, replayed.vcpus, replayed.threads)
+    except BaseException:
+        if halts_csv:
+            halts_csv.abort()
+        if made_out:
+            with contextlib.suppress(OSError):
+                os.rmdir(args.out)  # nothing to show: leave no empty directory behind
+        raise
+    doc = trace_replay.report(reader.info, replayed, penalty)
+    if halts_csv:
+        halts_csv.finish()
+    if args.out:
+        write_out(args.out, doc, replayed.total_sample.array())
+    try:
+        print(json.dumps(doc) if args.json else "\n".join(format_report(doc)), flush=True)
+    except BrokenPipeError:  # `| head`: the reader has seen enough; no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
+
+# --- --trace's options -----------------------------------------------------------------------------
+
+def _pids(text: str | None) -> set[int] | None:
+    if text is None:
+        return None
+    try:
+        pids = {int(p) for p in text.split(",") if p.strip()}
+    except ValueError:
+        pids = set()
+    if not pids or min(pids) < 0:
+        raise UsageError(f"--pid: expected PID[,PID...], got {text!r}")
+    return pids
+
+
+def _comm(text: str | None) -> re.Pattern | None:
+    if text is None:
+        return None
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise UsageError(f"--comm: not a regular expression: {text!r} ({exc})") from None
+
+
+def _penalty(args: argparse.Namespace) -> tuple[float, str]:
+    if args.penalty_ns is None:
+        return float(DEFAULT_PENALTY_NS), ("default: a block's cost to a wake on this project's machines, "
+                                           "DESIGN §9; give yours with --penalty-ns")
+    return float(_count(args.penalty_ns, "--penalty-ns")), "--penalty-ns"
+
+
+def _count(text, option: str) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = -1
+    if value < 0:
+        raise UsageError(f"{option}: must be a whole number >= 0, got {text!r}")
+    return value
+
+
+def _refuse_unusable(args, info: TraceInfo, vcpus: dict, threads: dict) -> None:
+    """Nothing usable found: one line saying why, exit 2."""
+    where = f"--trace: {args.trace}"
+    if info.lines == 0:
+        raise UsageError(f"{where} is empty")
+    if info.wakeups == 0:
+        seen = (f"{info.decisions} kvm_halt_poll_ns events but " if info.decisions else "")
+        unmatched = f", {info.unmatched} lines of no known layout" if info.unmatched else ""
+        raise UsageError(f"{where}: {seen}no kvm:kvm_vcpu_wakeup events in {info.lines} lines{unmatched} "
+                         f"(record them with `hostd record`, perf or trace-cmd; see README 'Tuning a real host')")
+    if not vcpus:
+        what = " and ".join(x for x in (f"--pid {args.pid}" if args.pid else "",
+                                         f"--comm {args.comm!r}" if args.comm else "") if x)
+        known = ", ".join(f"{p} ({c})" for p, c in list(threads.items())[:8])
+        more = f" and {len(threads) - 8} more" if len(threads) > 8 else ""
+        raise UsageError(f"{where}: {what} matches no vCPU thread; threads with KVM events: {known}{more}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "replay",
         help="offline: the budget and outcome of each halt under a policy",
@@ -249,6 +190,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help='print the rows as a JSON list of {"halt_ns", "budget_ns", "polled_ok", '
         '"next_budget_ns"} on stdout (guest-haltpoll adds guest_* keys); the summary goes to stderr. '
         'With --trace: one JSON object {"trace", "kernel_params", "penalty_ns", "specs", "vcpus", "total"}')
-    trace_replay.add_arguments(p)
+    _add_trace_arguments(p)
     # --policy unset means "every policy" with --trace, the usual default with --halts.
     p.set_defaults(func=main, policy=None)
+
+
+def _add_trace_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "trace (with --trace)",
+        "Replay the halts a real KVM host traced. The kernel's parameters come from the trace's "
+        "`hostd record` header, else this machine's /sys/module/kvm/parameters, else upstream's "
+        "defaults; the policy flags override them.")
+    g.add_argument("--pid", metavar="PID[,PID...]", help="only these vCPU threads (the pid the events carry)")
+    g.add_argument("--comm", metavar="REGEX", help="only vCPU threads whose name matches, e.g. 'CPU [0-3]/KVM'")
+    g.add_argument("--penalty-ns", metavar="NS",
+                   help=f"the cost model's price of one blocked halt: what a sleep/wake round trip adds to a "
+                        f"wake on the traced host (default {DEFAULT_PENALTY_NS:,}, measured on this project's "
+                        f"machines; use `hostd tune`'s figure for yours)")
+    g.add_argument("--out", metavar="DIR",
+                   help="also write summary.csv (per thread and policy), halts.csv (per halt), replay.json "
+                        "and halts.png (halt durations with each policy's budget and the optimum) into DIR")
+    g.add_argument("--max-unmatched", metavar="N", default="1000",
+                   help="give up after this many lines that fit no trace layout (default 1000)")

@@ -7,7 +7,7 @@ import contextlib
 import sys
 import time
 
-from hostd.commands.record import run_trace
+from hostd.trace.recording import run_trace
 from hostd.plumbing.policy_options import policy_spec_from_args, tsc_khz_from_args
 from hostd.plumbing.results import build
 from hostd.plumbing.spec import VmSpec, parse_duration, vm_spec_from_args

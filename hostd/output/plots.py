@@ -20,6 +20,7 @@ import os
 import numpy as np
 
 from hostd.output import side_by_side
+from hostd.output.tune_report import budget_label, verdict_label
 from hostd.plumbing.output import atomic_write
 
 COLORS = {"none": "#d62728", "fixed": "#1f77b4", "adaptive": "#2ca02c", "guest-haltpoll": "#9467bd",
@@ -219,8 +220,6 @@ def write_all(out: str, doc: dict, samples: dict) -> list[str]:
 def tune_tradeoff(path: str, doc: dict) -> None:
     """hostd tune: the figure against host CPU per vCPU, one point per budget with its 95% interval
     as an error bar (an end the data cannot bound runs dotted to the edge), the recommendation starred."""
-    from hostd.commands.tune import budget_label, verdict_label
-
     plt = _pyplot()
     pts = [p for p in doc["points"] if p["figure"]["value"] is not None]
     rec = doc["recommendation"]

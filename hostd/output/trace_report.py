@@ -1,16 +1,16 @@
 """The output of `hostd replay --trace` (hostd.replay.trace_replay): the human report, the
-per-halt and per-policy CSVs, and the plot; every figure comes from the report document."""
+per-policy CSV, the document and the plot; every figure comes from the report document (the
+per-halt CSV is streamed during the replay, hostd.replay.halts_csv)."""
 from __future__ import annotations
 
 import csv
 import io
 import os
-import tempfile
 
 import numpy as np
 
-from hostd.commands.replay import format_rows
-from hostd.trace.parse import Wakeup
+from hostd.output import plots
+from hostd.output.replay_text import format_rows
 from hostd.plumbing.output import atomic_write, write_json
 
 KERNEL, OPTIMUM = "kernel (traced)", "optimum (fixed)"
@@ -133,39 +133,8 @@ def format_report(doc: dict) -> list[str]:
 
 # --- files -----------------------------------------------------------------------------------------
 
-class HaltsCsv:
-    """halts.csv, one row per halt, streamed to a temp file and renamed when complete."""
-
-    def __init__(self, out: str) -> None:
-        self.path = os.path.join(out, "halts.csv")
-        fd, self.tmp = tempfile.mkstemp(dir=out, prefix=".tmp-", suffix="halts.csv")
-        self.f = os.fdopen(fd, "w", newline="")
-        self.w = csv.writer(self.f)
-
-    def start(self, policies: list[str]) -> None:
-        self.w.writerow(["pid", "halt", "line", "ts", "halt_ns", "waited", "valid", "kernel_budget_ns",
-                         *(f"{p}_{c}" for p in policies for c in ("budget_ns", "polled_ok"))])
-
-    def row(self, ev: Wakeup, index: int, k_budget: int | None, rows: list[dict]) -> None:
-        cells = [ev.pid, index, ev.line, ev.ts, ev.ns, int(ev.waited), int(ev.valid),
-                 "" if k_budget is None else k_budget]
-        for r in rows:
-            cells += ["" if r["budget_ns"] is None else r["budget_ns"], int(r["polled_ok"])]
-        self.w.writerow(cells)
-
-    def finish(self) -> None:
-        self.f.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        self.f.close()
-        os.unlink(self.tmp)
-
-
 def write_out(out: str, doc: dict, halts: np.ndarray) -> None:
     """summary.csv, replay.json and halts.png (of `halts`, the pooled sample) into `out`."""
-    from hostd.output import plots
-
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["scope", "pid", "comm", "policy", "halts", "budget_ns_mean", "polled_ok", "blocked",

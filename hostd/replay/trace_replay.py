@@ -1,8 +1,8 @@
-"""`hostd replay --trace FILE`: every policy, the offline optimum and the kernel's own decisions,
-on the halts a real KVM host traced (kvm:kvm_vcpu_wakeup, kvm:kvm_halt_poll_ns).
+"""`hostd replay --trace FILE`'s engine: every policy, the offline optimum and the kernel's own
+decisions, on the halts a real KVM host traced (kvm:kvm_vcpu_wakeup, kvm:kvm_halt_poll_ns).
 
 Per vCPU thread (the pid the events carry) and in total:
-- each policy replayed on the thread's halt durations with replay's engine (one Replayer per
+- each policy replayed on the thread's halt durations (hostd.replay.replayer: one Replayer per
   thread and policy, like the kernel's per-vCPU state), its mean budget, how many halts ended
   while polling, and its cost under optimum's model (poll CPU + P per blocked halt);
 - the offline optimum (optimum.optimal_budget) and every policy's distance from it;
@@ -14,53 +14,35 @@ The halt duration is the wakeup event's ns: HLT to wake *including* the poll, an
 that blocked also the scheduler's wake-up latency; that is what the kernel's grow/shrink rule
 reads, and an upper bound on the time to the interrupt that the cost model wants.
 
-The report is one document (report()); hostd.output.trace_report prints it and writes the
-files. Memory stays flat however long the trace: events are consumed as they are read, policies keep
-O(1) state, and the optimum and the plot work on a uniform sample of at most SAMPLE_PER_VCPU halts
-per thread and SAMPLE_TOTAL overall (exact below that; the report says when it sampled).
+replay_trace() runs the trace and report() makes it one document, which hostd.output.trace_report
+prints and writes out. Memory stays flat however long the trace: events are consumed as they are
+read, policies keep O(1) state, and the optimum and the plot work on a uniform sample of at most
+SAMPLE_PER_VCPU halts per thread and SAMPLE_TOTAL overall (exact below that; the report says when
+it sampled).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import json
-import os
 import random
 import re
-import socket
-import sys
 from array import array
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from hostd.replay import kernel_agreement
 from hostd.analysis import optimum
-from hostd.replay.kernel_agreement import KernelAgreement
-from hostd.commands.replay import Replayer
-from hostd.trace.parse import TraceInfo, TraceReader, Wakeup
-from hostd.output.trace_report import KERNEL, HaltsCsv, format_report, write_out
-from hostd.plumbing.errors import UsageError
+from hostd.output.trace_report import KERNEL
+from hostd.replay import kernel_agreement
+from hostd.replay.halts_csv import HaltsCsv
 from hostd.plumbing.policy_options import policy_spec_from_args
-from vcpu.policy import (
-    HALT_POLL_NS_GROW_DEFAULT,
-    HALT_POLL_NS_GROW_START_DEFAULT,
-    HALT_POLL_NS_SHRINK_DEFAULT,
-    KVM_HALT_POLL_NS_DEFAULT,
-    POLICIES,
-    PolicySpec,
-)
+from hostd.replay.replayer import Replayer
+from hostd.trace.module_params import kernel_params
+from hostd.trace.parse import TraceInfo, TraceReader, Wakeup
+from vcpu.policy import POLICIES, PolicySpec
 
 SAMPLE_PER_VCPU = 200_000
 SAMPLE_TOTAL = 1_000_000
-# P when --penalty-ns is not given: what one block costs a wake on this project's machines
-# (DESIGN §9: irqfd write -> guest ISR p50 69 us with no polling, 12.5 us with a 2 ms poll).
-DEFAULT_PENALTY_NS = 56_000
-SYS_PARAMS = Path("/sys/module/kvm/parameters")
-KVM_PARAMS = ("halt_poll_ns", "halt_poll_ns_grow", "halt_poll_ns_grow_start", "halt_poll_ns_shrink")
-UPSTREAM = dict(zip(KVM_PARAMS, (KVM_HALT_POLL_NS_DEFAULT, HALT_POLL_NS_GROW_DEFAULT,
-                                 HALT_POLL_NS_GROW_START_DEFAULT, HALT_POLL_NS_SHRINK_DEFAULT)))
 _HOST_KNOBS = ("halt_poll_ns_grow", "halt_poll_ns_grow_start", "halt_poll_ns_shrink")
 _GUEST_KNOBS = ("guest_halt_poll_ns", "guest_halt_poll_grow", "guest_halt_poll_grow_start",
                 "guest_halt_poll_shrink", "guest_halt_poll_allow_shrink")
@@ -100,7 +82,7 @@ class VcpuReplay:
     def __init__(self, pid: int, comm: str, specs: dict[str, PolicySpec], kernel_spec: PolicySpec) -> None:
         self.pid, self.comm = pid, comm
         self.replayers = {name: Replayer(spec) for name, spec in specs.items()}
-        self.kernel = KernelAgreement(kernel_spec)
+        self.kernel = kernel_agreement.KernelAgreement(kernel_spec)
         self.sample = Reservoir(SAMPLE_PER_VCPU, seed=pid)
         self.halts = self.waited = self.halted_ns = 0
 
@@ -113,31 +95,7 @@ class VcpuReplay:
         return rows, self.kernel.wakeup(ev)
 
 
-# --- parameters ----------------------------------------------------------------------------------
-
-def read_sys_params() -> dict[str, int] | None:
-    """The kvm module's live parameters, or None where the module is not loaded."""
-    try:
-        return {name: int((SYS_PARAMS / name).read_text().strip()) for name in KVM_PARAMS}
-    except (OSError, ValueError):
-        return None
-
-
-def kernel_params(info: TraceInfo) -> tuple[dict[str, int], str]:
-    """The kvm parameters the traced kernel ran with, as far as we can know, and where from."""
-    rec = info.record or {}
-    if isinstance(rec.get("kvm_parameters"), dict) and all(k in rec["kvm_parameters"] for k in KVM_PARAMS):
-        return {k: int(rec["kvm_parameters"][k]) for k in KVM_PARAMS}, \
-            f"recorded with the trace by hostd record on {rec.get('host', '?')}"
-    here = socket.gethostname()
-    if info.host is None or info.host == here:
-        live = read_sys_params()
-        if live is not None:
-            return live, ("this machine's /sys/module/kvm/parameters"
-                          + ("" if info.host else "; the trace names no host: give flags if it comes from another"))
-    return dict(UPSTREAM), (f"upstream defaults (the trace comes from {info.host}; give its parameters with flags)"
-                            if info.host else "upstream defaults (kvm is not loaded here)")
-
+# --- the policies ---------------------------------------------------------------------------------
 
 def policy_specs(args: argparse.Namespace, kparams: dict[str, int]) -> tuple[dict[str, PolicySpec], PolicySpec]:
     """The policies to replay (--policy, else all) and the adaptive spec the kernel is judged by.
@@ -170,130 +128,54 @@ def policy_specs(args: argparse.Namespace, kparams: dict[str, int]) -> tuple[dic
     return specs, kernel_spec
 
 
-# --- selection -------------------------------------------------------------------------------------
-
-def _pids(text: str | None) -> set[int] | None:
-    if text is None:
-        return None
-    try:
-        pids = {int(p) for p in text.split(",") if p.strip()}
-    except ValueError:
-        pids = set()
-    if not pids or min(pids) < 0:
-        raise UsageError(f"--pid: expected PID[,PID...], got {text!r}")
-    return pids
-
-
-def _comm(text: str | None) -> re.Pattern | None:
-    if text is None:
-        return None
-    try:
-        return re.compile(text)
-    except re.error as exc:
-        raise UsageError(f"--comm: not a regular expression: {text!r} ({exc})") from None
-
-
 # --- the run ---------------------------------------------------------------------------------------
 
-def main(args: argparse.Namespace) -> int:
-    pids, comm_re = _pids(args.pid), _comm(args.comm)
-    penalty = _penalty(args)
-    max_unmatched = _count(args.max_unmatched, "--max-unmatched")
-    made_out = bool(args.out) and not os.path.isdir(args.out)
-    if args.out:
-        try:
-            os.makedirs(args.out, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--out: cannot create {args.out}: {exc.strerror or exc}") from None
-    reader = TraceReader(args.trace, max_unmatched=max_unmatched)
-    info = reader.info
-    kparams = kparams_from = specs = kernel_spec = None
-    vcpus: dict[int, VcpuReplay] = {}
-    threads: dict[int, str] = {}  # every thread with KVM events, for the "unknown pid" answer
+@dataclass
+class Replayed:
+    """What replay_trace() found: the selected threads' replays, and what report() needs besides."""
+    vcpus: dict[int, VcpuReplay] = field(default_factory=dict)
+    threads: dict[int, str] = field(default_factory=dict)  # every thread with KVM events (for "no such pid")
+    specs: dict[str, PolicySpec] | None = None  # from the first selected event on: the header is read by then
+    kparams: dict[str, int] | None = None
+    kparams_from: str | None = None
+    total_sample: Reservoir = field(default_factory=lambda: Reservoir(SAMPLE_TOTAL, seed=1))
+
+
+def replay_trace(reader: TraceReader, args: argparse.Namespace, pids: set[int] | None,
+                 comm_re: re.Pattern | None, halts_csv: HaltsCsv | None = None) -> Replayed:
+    """Every event of the threads selected by pid and name through their replays, as it is read;
+    each halt's rows into halts_csv too."""
+    r = Replayed()
+    kernel_spec = None
     choice: dict[int, bool] = {}
-    total_sample = Reservoir(SAMPLE_TOTAL, seed=1)
-    halts_csv = HaltsCsv(args.out) if args.out else None
-    try:
-        for ev in reader:
-            pid = ev.pid
-            if pid not in threads or threads[pid] == UNKNOWN_COMM:
-                threads[pid] = ev.comm
-            v = vcpus.get(pid)
-            if v is None:
-                picked = choice.get(pid)
-                if picked is None:
-                    if comm_re is not None and ev.comm == UNKNOWN_COMM:
-                        continue  # not decidable until the thread's name shows
-                    picked = choice[pid] = ((pids is None or pid in pids)
-                                            and (comm_re is None or comm_re.search(ev.comm) is not None))
-                if not picked:
-                    continue
-                if specs is None:  # the header (params) has been read by the first event
-                    kparams, kparams_from = kernel_params(info)
-                    specs, kernel_spec = policy_specs(args, kparams)
-                    if halts_csv:
-                        halts_csv.start(list(specs))
-                v = vcpus[pid] = VcpuReplay(pid, ev.comm, specs, kernel_spec)
-            if type(ev) is Wakeup:
-                total_sample.add(ev.ns)
-                rows, k_budget = v.wakeup(ev)
+    for ev in reader:
+        pid = ev.pid
+        if pid not in r.threads or r.threads[pid] == UNKNOWN_COMM:
+            r.threads[pid] = ev.comm
+        v = r.vcpus.get(pid)
+        if v is None:
+            picked = choice.get(pid)
+            if picked is None:
+                if comm_re is not None and ev.comm == UNKNOWN_COMM:
+                    continue  # not decidable until the thread's name shows
+                picked = choice[pid] = ((pids is None or pid in pids)
+                                        and (comm_re is None or comm_re.search(ev.comm) is not None))
+            if not picked:
+                continue
+            if r.specs is None:
+                r.kparams, r.kparams_from = kernel_params(reader.info)
+                r.specs, kernel_spec = policy_specs(args, r.kparams)
                 if halts_csv:
-                    halts_csv.row(ev, v.halts, k_budget, rows)
-            else:
-                v.kernel.decision(ev)
-        _refuse_unusable(args, info, vcpus, threads)
-    except BaseException:
-        if halts_csv:
-            halts_csv.abort()
-        if made_out:
-            with contextlib.suppress(OSError):
-                os.rmdir(args.out)  # nothing to show: leave no empty directory behind
-        raise
-    doc = report(info, vcpus, specs, kparams, kparams_from, penalty, total_sample)
-    if halts_csv:
-        halts_csv.finish()
-    if args.out:
-        write_out(args.out, doc, total_sample.array())
-    try:
-        print(json.dumps(doc) if args.json else "\n".join(format_report(doc)), flush=True)
-    except BrokenPipeError:  # `| head`: the reader has seen enough; no traceback at exit either
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
-
-
-def _penalty(args: argparse.Namespace) -> tuple[float, str]:
-    if args.penalty_ns is None:
-        return float(DEFAULT_PENALTY_NS), ("default: a block's cost to a wake on this project's machines, "
-                                           "DESIGN §9; give yours with --penalty-ns")
-    return float(_count(args.penalty_ns, "--penalty-ns")), "--penalty-ns"
-
-
-def _count(text, option: str) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        value = -1
-    if value < 0:
-        raise UsageError(f"{option}: must be a whole number >= 0, got {text!r}")
-    return value
-
-
-def _refuse_unusable(args, info: TraceInfo, vcpus: dict, threads: dict) -> None:
-    """Nothing usable found: one line saying why, exit 2."""
-    where = f"--trace: {args.trace}"
-    if info.lines == 0:
-        raise UsageError(f"{where} is empty")
-    if info.wakeups == 0:
-        seen = (f"{info.decisions} kvm_halt_poll_ns events but " if info.decisions else "")
-        unmatched = f", {info.unmatched} lines of no known layout" if info.unmatched else ""
-        raise UsageError(f"{where}: {seen}no kvm:kvm_vcpu_wakeup events in {info.lines} lines{unmatched} "
-                         f"(record them with `hostd record`, perf or trace-cmd; see README 'Tuning a real host')")
-    if not vcpus:
-        what = " and ".join(x for x in (f"--pid {args.pid}" if args.pid else "",
-                                         f"--comm {args.comm!r}" if args.comm else "") if x)
-        known = ", ".join(f"{p} ({c})" for p, c in list(threads.items())[:8])
-        more = f" and {len(threads) - 8} more" if len(threads) > 8 else ""
-        raise UsageError(f"{where}: {what} matches no vCPU thread; threads with KVM events: {known}{more}")
+                    halts_csv.start(list(r.specs))
+            v = r.vcpus[pid] = VcpuReplay(pid, ev.comm, r.specs, kernel_spec)
+        if type(ev) is Wakeup:
+            r.total_sample.add(ev.ns)
+            rows, k_budget = v.wakeup(ev)
+            if halts_csv:
+                halts_csv.row(ev, v.halts, k_budget, rows)
+        else:
+            v.kernel.decision(ev)
+    return r
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -351,9 +233,10 @@ def _sum_summaries(summaries: list[dict]) -> dict:
     return out
 
 
-def report(info: TraceInfo, vcpus: dict[int, VcpuReplay], specs: dict[str, PolicySpec], kparams: dict,
-           kparams_from: str, penalty: tuple[float, str], total_sample: Reservoir) -> dict:
+def report(info: TraceInfo, r: Replayed, penalty: tuple[float, str]) -> dict:
+    """The document: per vCPU thread and in total, each policy's cost, the optimum and the kernel."""
     p, p_from = penalty
+    vcpus, specs = r.vcpus, r.specs
     rows, kernels = [], []
     for v in vcpus.values():
         summaries = {name: r.summary() for name, r in v.replayers.items()}
@@ -369,28 +252,9 @@ def report(info: TraceInfo, vcpus: dict[int, VcpuReplay], specs: dict[str, Polic
                         for key in ("polled", "waited", "poll_cpu_ns", "budget_ns_sum")})
     total = {"vcpus": len(vcpus), "waited": sum(v.waited for v in vcpus.values()),
              "halted_ns": sum(v.halted_ns for v in vcpus.values()),
-             **_scope(sum(v.halts for v in vcpus.values()), totals, k_total, total_sample, p), "kernel": k_total}
+             **_scope(sum(v.halts for v in vcpus.values()), totals, k_total, r.total_sample, p), "kernel": k_total}
     return {"trace": info.to_dict(),
-            "kernel_params": {**kparams, "from": kparams_from},
+            "kernel_params": {**r.kparams, "from": r.kparams_from},
             "penalty_ns": p, "penalty_from": p_from,
             "specs": {name: s.to_dict() for name, s in specs.items()},
             "vcpus": rows, "total": total}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group(
-        "trace (with --trace)",
-        "Replay the halts a real KVM host traced. The kernel's parameters come from the trace's "
-        "`hostd record` header, else this machine's /sys/module/kvm/parameters, else upstream's "
-        "defaults; the policy flags override them.")
-    g.add_argument("--pid", metavar="PID[,PID...]", help="only these vCPU threads (the pid the events carry)")
-    g.add_argument("--comm", metavar="REGEX", help="only vCPU threads whose name matches, e.g. 'CPU [0-3]/KVM'")
-    g.add_argument("--penalty-ns", metavar="NS",
-                   help=f"the cost model's price of one blocked halt: what a sleep/wake round trip adds to a "
-                        f"wake on the traced host (default {DEFAULT_PENALTY_NS:,}, measured on this project's "
-                        f"machines; use `hostd tune`'s figure for yours)")
-    g.add_argument("--out", metavar="DIR",
-                   help="also write summary.csv (per thread and policy), halts.csv (per halt), replay.json "
-                        "and halts.png (halt durations with each policy's budget and the optimum) into DIR")
-    g.add_argument("--max-unmatched", metavar="N", default="1000",
-                   help="give up after this many lines that fit no trace layout (default 1000)")

@@ -36,7 +36,7 @@ from hostd.plumbing.errors import UsageError
 
 WAKEUP, DECISION = "kvm_vcpu_wakeup", "kvm_halt_poll_ns"
 FORMAT_TRACEFS, FORMAT_TRACE_CMD, FORMAT_PERF = "tracefs text", "trace-cmd report", "perf script"
-RECORD_HEADER = "# hostd record: "  # followed by one JSON object (hostd.commands.record)
+RECORD_HEADER = "# hostd record: "  # followed by one JSON object (hostd.trace.recording)
 EXAMPLES = 3  # unmatched lines kept to show the user
 
 _TRACEFS = re.compile(

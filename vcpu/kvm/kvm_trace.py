@@ -6,7 +6,8 @@ fires once per halt at its end, in kvm_vcpu_halt, saying "poll" (ended inside th
 (instances/hpemu.<pid>: the global trace is left alone), filtered to the vCPU thread, with the
 x86-tsc trace clock, so an event's timestamp is on the same counter as the guest ISR's `rdtsc`
 less the vCPU's TSC offset. The instance is removed on every exit path; one left by a killed
-process is removed by the next hostd (remove_stale).
+process is removed by the next hostd (remove_stale). Instances are made and removed by
+vcpu/kvm/tracefs.py, which `hostd record` uses too.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import re
 
 import numpy as np
 
-ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-EVENT = "events/kvm/kvm_vcpu_wakeup"
+from vcpu.kvm import tracefs
+
+EVENT = "kvm/kvm_vcpu_wakeup"
 PREFIX = "hpemu."
 # "  python-30918  [001] .....  5306705560675: kvm_vcpu_wakeup: wait time 3753796 ns, polling valid"
 LINE = re.compile(rb" (\d+): kvm_vcpu_wakeup: (poll|wait) ")
@@ -25,10 +27,7 @@ CAPACITY = 1 << 21  # halts kept per run (events beyond are dropped, and the sam
 
 def tracefs_root() -> str | None:
     """A tracefs we may make instances in and that has the event, or None."""
-    for root in ROOTS:
-        if os.path.isdir(os.path.join(root, EVENT)) and os.access(os.path.join(root, "instances"), os.W_OK):
-            return root
-    return None
+    return tracefs.usable_root(EVENT)
 
 
 def _write(path: str, text: str) -> None:
@@ -40,13 +39,12 @@ class WakeupTrace:
     """The wakeup events of one thread, collected as (TSC, waited) into preallocated arrays."""
 
     def __init__(self, root: str, tid: int) -> None:
-        self.dir = os.path.join(root, "instances", f"{PREFIX}{os.getpid()}")
         self.fd = -1
-        os.mkdir(self.dir)
+        self.dir = tracefs.make_instance(root, PREFIX)
         try:
             _write(os.path.join(self.dir, "trace_clock"), "x86-tsc")
-            _write(os.path.join(self.dir, EVENT, "filter"), f"common_pid == {tid}")
-            _write(os.path.join(self.dir, EVENT, "enable"), "1")
+            _write(os.path.join(self.dir, "events", EVENT, "filter"), f"common_pid == {tid}")
+            _write(os.path.join(self.dir, "events", EVENT, "enable"), "1")
             self.fd = os.open(os.path.join(self.dir, "trace_pipe"), os.O_RDONLY | os.O_NONBLOCK)
         except BaseException:
             self.close()
@@ -96,27 +94,10 @@ class WakeupTrace:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        remove(self.dir)
-
-
-def remove(instance: str) -> None:
-    """Disable and delete an instance (rmdir does both); gone already is fine."""
-    try:
-        _write(os.path.join(instance, EVENT, "enable"), "0")
-        os.rmdir(instance)
-    except FileNotFoundError:
-        pass
+        tracefs.remove_instance(self.dir, (EVENT,))
 
 
 def remove_stale() -> list[str]:
     """Remove the instances of processes that no longer exist; returns their names."""
     root = tracefs_root()
-    if root is None:
-        return []
-    gone = []
-    for name in os.listdir(os.path.join(root, "instances")):
-        pid = name[len(PREFIX):]
-        if name.startswith(PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-            remove(os.path.join(root, "instances", name))
-            gone.append(name)
-    return gone
+    return [] if root is None else tracefs.remove_stale(root, PREFIX, (EVENT,))
