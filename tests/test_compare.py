@@ -11,10 +11,10 @@ import pytest
 
 from hostd.analysis import compare_summary, stats
 from hostd.commands import compare
-from hostd.measure import beside_neighbour, cells, disturbance
+from hostd.measure import beside_neighbour, cells, compare_plan, disturbance
 from hostd.output import compare_tables, figures
 
-from hostd.plumbing import hoststats
+from hostd.plumbing import hoststats, neighbour_cases
 from hostd.plumbing.errors import UsageError
 from hostd.plumbing.neighbour import NeighbourSpec
 from tests import json_keys
@@ -42,7 +42,7 @@ def test_summarize_carries_the_mean_and_its_interval_across_repeats() -> None:
 
 
 def _io(policy: str, rep: int, writes: float, exits: int = 100, ok: int = 50) -> dict:
-    return {"id": cells.run_id("io", policy, rep), "experiment": "io", "policy": policy, "repeat": rep,
+    return {"id": compare_plan.run_id("io", policy, rep), "experiment": "io", "policy": policy, "repeat": rep,
             "metrics": {"writes_per_s": writes, "halt_exits": exits, "halt_successful_poll": ok,
                         "poll_success_pct": 100.0 * ok / exits if exits else None}}
 
@@ -85,8 +85,8 @@ def test_aggregate_idle_and_timer_cells() -> None:
 
 
 def test_schedule_interleaves_policies_and_rotates_their_order() -> None:
-    plan = cells.Plan(quick=False, repeat=2, tick_hz=2.5, tsc_khz=2_000_000, out="x",
-                      durations=dict(cells.DURATIONS[False]))
+    plan = compare_plan.Plan(quick=False, repeat=2, tick_hz=2.5, tsc_khz=2_000_000, out="x",
+                      durations=dict(compare_plan.DURATIONS[False]))
     sched = plan.schedule()
     assert len(sched) == 2 * (5 + 5 + 3)
     first = [p for r, e, p in sched if r == 1 and e == "io"]
@@ -231,8 +231,8 @@ def test_a_neighbour_cell_is_not_retried_or_starred_for_the_polls_it_preempts(mo
                                                                               disturbed) -> None:
     """measure_all beside our neighbour: 90% of the polls preempted is the experiment; others' load
     is still measured again and flagged."""
-    plan = cells.Plan(quick=True, repeat=1, tick_hz=2.5, tsc_khz=2_000_000, out="x",
-                      durations=dict(cells.DURATIONS[True]), neighbours=(NeighbourSpec(0.5, 2_000_000),))
+    plan = compare_plan.Plan(quick=True, repeat=1, tick_hz=2.5, tsc_khz=2_000_000, out="x",
+                      durations=dict(compare_plan.DURATIONS[True]), neighbours=(NeighbourSpec(0.5, 2_000_000),))
     job = next(j for j in cells.jobs(plan) if j.neighbour is not None and j.workload == "timer"
                and j.policy == "adaptive")
     calls = []
@@ -287,7 +287,7 @@ def test_neighbours_given_are_added_to_the_fourth_experiment_only(tmp_path) -> N
     assert sorted(c.repeat for c in cells if c.policy == "adaptive" and c.case == "alone" and c.workload == "io") == [1, 2, 3]
     assert all(spec.neighbour is None for _, e, p, b in plan.cells() for spec in [plan.vm_spec(e, p, b)])
     quick = compare.plan_from_args(_args("--quick", "--repeat", "2", "--out", str(tmp_path / "o")))
-    assert quick.neighbour_repeat == 2 and quick.neighbour_duration == beside_neighbour.DURATION_S[True]
+    assert quick.neighbour_repeat == 2 and quick.neighbour_duration == neighbour_cases.DURATION_S[True]
     assert beside_neighbour.repeats(quick, "adaptive") == 2 == len({c.repeat for c in beside_neighbour.cells(quick)})
     # adaptive capped at 2 ms for the timer, the seed's 2M cycles for io; guest-haltpoll's guest poll alike.
     assert beside_neighbour.policy_spec(plan, "timer", "adaptive").halt_poll_ns == 2_000_000
@@ -324,7 +324,7 @@ def check_neighbour_experiment(doc: dict, out) -> None:
     assert len(runs) == 3 * 2 * 3  # (alone, 10%, 50%) x (timer, io) x (none, adaptive, guest-haltpoll)
     assert [c["key"] for c in nb["config"]["cases"]] == ["alone", "10%:2ms", "50%:2ms"]
     assert list(nb["summary"]) == ["alone", "10%:2ms", "50%:2ms"] and nb["kvm"] is None
-    assert nb["config"]["repeat"] == 1 and nb["config"]["duration_s"] == beside_neighbour.DURATION_S[True]
+    assert nb["config"]["repeat"] == 1 and nb["config"]["duration_s"] == neighbour_cases.DURATION_S[True]
     for r in runs:
         case = r["id"].split("/")[1]
         assert r["neighbour"] == (None if case == "alone" else {"duty": float(case[:2]) / 100, "period_ns": 2_000_000})
@@ -411,9 +411,9 @@ def test_quick_compare_end_to_end(tmp_path, hostd) -> None:
     assert [row["policy"] for row in rows] == ["none", "fixed", "adaptive", "guest-haltpoll", "idle-poll"]
 
     assert doc["config"]["quick"] and doc["config"]["repeat"] == 1
-    assert len([r for r in doc["runs"] if r["experiment"] in cells.EXPERIMENTS]) == 13
+    assert len([r for r in doc["runs"] if r["experiment"] in compare_plan.EXPERIMENTS]) == 13
     assert all(r["neighbour"] is None and r["result"]["neighbour"] is None
-               for r in doc["runs"] if r["experiment"] in cells.EXPERIMENTS)  # the seed's: never beside one
+               for r in doc["runs"] if r["experiment"] in compare_plan.EXPERIMENTS)  # the seed's: never beside one
     # The bare-metal reference, both ways, in the repeat; % of bare metal against the idle-CPUs figure.
     assert sorted(r["id"] for r in doc["runs"] if r["experiment"] == "bare-metal") == [
         "bare-metal/busy/r1", "bare-metal/idle/r1"]

@@ -9,7 +9,7 @@ from rich.console import Console
 from hostd.cli import build_parser
 from hostd.analysis import fidelity
 from hostd.commands import compare
-from hostd.measure import beside_neighbour, cells
+from hostd.measure import beside_neighbour, cells, compare_plan
 from hostd.output import compare_verdict, fidelity_table, figures, neighbour_tables, side_by_side
 from hostd.plumbing.neighbour import NeighbourSpec
 from tests.conftest import segments_of
@@ -62,15 +62,15 @@ def test_both_falls_back_to_the_emulator_with_the_reason(monkeypatch):
 
 
 def test_both_runs_each_cell_on_each_backend_back_to_back(kvm):
-    plan = cells.Plan(quick=True, repeat=1, tick_hz=2.5, tsc_khz=2_000_000, out="x",
-                      durations=dict(cells.DURATIONS[True]), backends=compare._backends("both")[0])
+    plan = compare_plan.Plan(quick=True, repeat=1, tick_hz=2.5, tsc_khz=2_000_000, out="x",
+                      durations=dict(compare_plan.DURATIONS[True]), backends=compare._backends("both")[0])
     order = plan.cells()
     assert ("emu", "kvm") == plan.backends
     assert (1, "io", "none", "emu") in order and (1, "io", "none", "kvm") in order
     assert (1, "io", "guest-haltpoll", "kvm") not in order
     i = order.index((1, "timer", "fixed", "emu"))
     assert order[i + 1] == (1, "timer", "fixed", "kvm")
-    assert cells.run_id("io", "none", 1, "kvm") == "kvm:io/none/r1"
+    assert compare_plan.run_id("io", "none", 1, "kvm") == "kvm:io/none/r1"
 
 
 def test_compare_on_kvm_alone_refuses_in_one_line_without_kvm(hostd):
@@ -221,10 +221,10 @@ def test_fidelity_explains_timer_fixed_p99_only_where_the_kernel_blocked_past_th
 
 # --- beside a neighbour: its fidelity rows, and the experiment on both backends ------------------------
 
-def _nb(**cells) -> dict:
+def _nb(**by_cell) -> dict:
     """A neighbour summary: _nb(**{"50%:2ms/timer/adaptive": {"wake_p50_ns": 9000, ...}})."""
     out: dict = {}
-    for where, metrics in cells.items():
+    for where, metrics in by_cell.items():
         case, wl, pol = where.split("/")
         out.setdefault(case, {}).setdefault(wl, {})[pol] = {m: _s(v) for m, v in metrics.items()}
     return out

@@ -12,7 +12,7 @@ import os
 from hostd.analysis import fidelity
 from hostd.analysis.stats import interval, summarize
 from hostd.measure import bare_metal, beside_neighbour
-from hostd.measure.cells import EXPERIMENT_POLICIES, EXPERIMENTS, Plan, placement
+from hostd.measure.compare_plan import EXPERIMENT_POLICIES, EXPERIMENTS, Plan, placement
 from hostd.measure.disturbance import DISTURBED, MAX_ATTEMPTS, PREEMPTED_POLLS
 from hostd.output import side_by_side
 from hostd.output.compare_verdict import bare_metal_verdict, seed_verdict

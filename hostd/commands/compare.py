@@ -28,13 +28,15 @@ from datetime import datetime, timezone
 from hostd.analysis.compare_summary import build_document
 from hostd.commands import tables
 from hostd.measure import beside_neighbour
-from hostd.measure.cells import DURATIONS, EXPERIMENTS, Plan, measure_all
+from hostd.measure.cells import measure_all
+from hostd.measure.compare_plan import DURATIONS, EXPERIMENTS, Plan
 from hostd.measure.window import Terminated, on_sigterm
 from hostd.output import compare_csv, fidelity_table, plots
 from hostd.output.compare_tables import print_tables
 from hostd.plumbing import calibration
 from hostd.plumbing.backend import check as check_backend
 from hostd.plumbing.errors import UsageError
+from hostd.plumbing import neighbour_cases
 from hostd.plumbing.neighbour import add_neighbour_option, parse_neighbour
 from hostd.plumbing.orphans import remove_stale_segments
 from hostd.plumbing.output import atomic_write, write_json
@@ -63,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example: hostd compare --quick   (about a minute)",
     )
     q, d = DURATIONS[True], DURATIONS[False]
-    nq, nd = beside_neighbour.DURATION_S[True], beside_neighbour.DURATION_S[False]
+    nq, nd = neighbour_cases.DURATION_S[True], neighbour_cases.DURATION_S[False]
     p.add_argument("--quick", action="store_true",
                    help=f"one run per cell and shorter cells (io {q['io']:g} s, idle {q['idle']:g} s, timer "
                    f"{q['timer']:g} s, beside a neighbour {nq:g} s; defaults {d['io']:g}, {d['idle']:g}, "
@@ -71,8 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "instead of under 5)")
     p.add_argument("--repeat", metavar="N",
                    help=f"runs per cell; each cell shows their median and min-max (default {DEFAULT_REPEAT}, "
-                   f"or 1 with --quick; beside a neighbour {beside_neighbour.REPEAT}, adaptive's "
-                   f"{beside_neighbour.ADAPTIVE_REPEAT[False]} ({beside_neighbour.ADAPTIVE_REPEAT[True]} with --quick), "
+                   f"or 1 with --quick; beside a neighbour {neighbour_cases.REPEAT}, adaptive's "
+                   f"{neighbour_cases.ADAPTIVE_REPEAT[False]} ({neighbour_cases.ADAPTIVE_REPEAT[True]} with --quick), "
                    "unless given)")
     p.add_argument("--tick-hz", default=str(DEFAULT_TICK_HZ), metavar="HZ",
                    help=f"idle guest tick per vCPU (default {DEFAULT_TICK_HZ}: a NOHZ Linux guest, ~10 halts/s "
@@ -123,10 +125,10 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     return Plan(quick=args.quick, repeat=repeat, tick_hz=tick_hz, tsc_khz=tsc_khz, out=out,
                 durations=dict(DURATIONS[bool(args.quick)]), backends=backends, kvm_unavailable=kvm_unavailable,
                 calibration=profile.to_dict() if profile else None, neighbours=beside_neighbour.neighbours(extra),
-                neighbour_repeat=beside_neighbour.REPEAT if args.repeat is None else repeat,
-                neighbour_adaptive_repeat=beside_neighbour.ADAPTIVE_REPEAT[bool(args.quick)] if args.repeat is None
+                neighbour_repeat=neighbour_cases.REPEAT if args.repeat is None else repeat,
+                neighbour_adaptive_repeat=neighbour_cases.ADAPTIVE_REPEAT[bool(args.quick)] if args.repeat is None
                 else repeat,
-                neighbour_duration=beside_neighbour.DURATION_S[bool(args.quick)])
+                neighbour_duration=neighbour_cases.DURATION_S[bool(args.quick)])
 
 
 def _backends(text: str) -> tuple[tuple[str, ...], str | None]:

@@ -20,32 +20,19 @@ without processes); compare measures the cells; the verdict, tables and CSVs are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from hostd.analysis.stats import summarize
 from hostd.output.compare_verdict import neighbour_verdict
+from hostd.measure.compare_plan import Plan
 from hostd.output.figures import num
 from hostd.plumbing.neighbour import NeighbourSpec
-from hostd.plumbing.neighbour_cases import (EXPERIMENT, KVM_POLICIES, POLICIES, WORKLOADS, case_key, case_label,
-                                            spec_of)
+from hostd.plumbing.neighbour_cases import (DEFAULT_NEIGHBOURS, EXPERIMENT, KVM_POLICIES, POLICIES, WORKLOADS,
+                                            case_key, case_label, spec_of)
 from hostd.plumbing.spec import DEFAULT_INTERVAL_US, VmSpec
 from hostd.plumbing.vm import NEIGHBOUR_BASELINE_NS
 from vcpu.policy import PolicySpec
 
-if TYPE_CHECKING:
-    from hostd.measure.cells import Plan
-
-DEFAULT_NEIGHBOURS = (NeighbourSpec(0.1, 2_000_000), NeighbourSpec(0.5, 2_000_000))
 TIMER_CAP_NS = 2_000_000  # adaptive's cap for the timer; io's is the seed's 2,000,000 cycles (Plan.fixed_ns)
-# Seconds per cell (--quick or not) and runs per cell unless --repeat says otherwise: with these,
-# ./run.sh (the full comparison, both backends) stays under 5 minutes on 2 cores and --quick under 2.
-# Each cell with a neighbour also spends NEIGHBOUR_BASELINE_NS with the neighbour alone first.
-DURATION_S = {False: 1.0, True: 0.5}
-REPEAT = 1
-# adaptive's cells carry the fidelity rows, and one 1 s run decides them by a few halts: its wake p50
-# sits where polled and blocked wakes meet, so a run's share of each moves it by 2x. The full
-# comparison takes the median of this many of those runs (about 40 s more on 2 cores); --quick one.
-ADAPTIVE_REPEAT = {False: 3, True: 1}
 
 # --- plan -------------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The cells `hostd compare` measures: its plan, each run's figures, and measuring them all.
+"""The cells `hostd compare` measures (its plan: hostd.measure.compare_plan): each run's figures, and
+measuring them all.
 
 Three experiments, every policy in each, repeated and interleaved (repeat outermost, the policy
 order rotated each repeat, so drift over the run hits every policy alike), each cell on every
@@ -9,13 +10,13 @@ attempt kept; the io experiment's bare-metal reference (bare_metal) is measured 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, NamedTuple
 
 import numpy as np
 
 from hostd.measure import bare_metal, beside_neighbour
+from hostd.measure.compare_plan import EXPERIMENTS, Plan, run_id
 from hostd.measure.disturbance import MAX_ATTEMPTS, RETRY_BUDGET, disturbance, poll_preempted_frac
 from hostd.measure.window import measure
 from hostd.output import side_by_side
@@ -23,111 +24,12 @@ from hostd.output.figures import num
 from hostd.output.progress import Progress
 from hostd.output.report import check_failures
 from hostd.plumbing.neighbour import NeighbourSpec
-from hostd.plumbing.policy_options import cycles_to_ns
-from hostd.plumbing.published import IDLE_VCPUS
 from hostd.plumbing.results import vcpu_samples
-from hostd.plumbing.spec import VmSpec, place
+from hostd.plumbing.spec import VmSpec
 from hostd.plumbing.vm import ChildDied
-from vcpu.policy import KVM_HALT_POLL_NS_DEFAULT, POLICIES, SEED_HALT_POLL_CYCLES, PolicySpec
 
-EXPERIMENTS = ("io", "idle", "timer")
-EXPERIMENT_POLICIES = {
-    "io": POLICIES,  # none, fixed, adaptive, guest-haltpoll, idle-poll
-    "idle": POLICIES,
-    "timer": ("none", "fixed", "adaptive"),
-}
-# Seconds measured per cell. Defaults: 13 cells x 3 repeats, ~2 min on 2 cores with start-up.
-# Quick: one repeat, ~30 s. Idle cells are long enough for several ticks of every vCPU at the
-# default 2.5 Hz tick (5+ halts per vCPU per idle cell).
-DURATIONS = {
-    False: {"io": 2.0, "idle": 3.0, "timer": 1.5},
-    True: {"io": 1.5, "idle": 2.0, "timer": 1.0},
-}
 # Estimated start-up + teardown per cell, only for the progress bar's ETA.
 CELL_OVERHEAD_S = 0.9
-
-
-# --- plan -------------------------------------------------------------------------------------
-
-@dataclass
-class Plan:
-    quick: bool
-    repeat: int
-    tick_hz: float
-    tsc_khz: int
-    out: str
-    durations: dict[str, float] = field(default_factory=dict)
-    backends: tuple[str, ...] = ("emu",)  # the first is the tables' own; a second (kvm) is shown beside it
-    kvm_unavailable: str | None = None  # why --backend both shows the emulator alone
-    # Beside the emulator, kvm cells run --quick's durations: `./run.sh` (both) stays within ~4 min on
-    # 2 cores. The kernel's rates and percentiles need no longer: its wakes are as many per second.
-    side_durations: dict[str, float] = field(default_factory=lambda: dict(DURATIONS[True]))
-    calibration: dict | None = None  # the profile the emulator's cells apply (Profile.to_dict()), or None
-    # The fourth experiment (beside_neighbour): its neighbours, runs per cell and seconds per run.
-    neighbours: tuple[NeighbourSpec, ...] = beside_neighbour.DEFAULT_NEIGHBOURS
-    neighbour_repeat: int = beside_neighbour.REPEAT
-    neighbour_adaptive_repeat: int = beside_neighbour.REPEAT
-    neighbour_duration: float = beside_neighbour.DURATION_S[False]
-
-    def duration(self, experiment: str, backend: str) -> float:
-        return self.side_durations[experiment] if backend != self.backends[0] else self.durations[experiment]
-
-    @property
-    def fixed_ns(self) -> int:
-        return cycles_to_ns(SEED_HALT_POLL_CYCLES, self.tsc_khz)
-
-    def policy_spec(self, policy: str) -> PolicySpec:
-        if policy == "fixed":
-            return PolicySpec(policy="fixed", host_policy="fixed", halt_poll_ns=self.fixed_ns)
-        if policy == "adaptive":
-            return PolicySpec(policy="adaptive", host_policy="adaptive", halt_poll_ns=KVM_HALT_POLL_NS_DEFAULT)
-        # none; guest-haltpoll (the haltpoll driver turns host polling off); idle-poll (never halts)
-        return PolicySpec(policy=policy, host_policy="none", halt_poll_ns=0)
-
-    def vm_spec(self, experiment: str, policy: str, backend: str = "emu", *, policy_spec: PolicySpec | None = None,
-                duration: float | None = None, neighbour: NeighbourSpec | None = None) -> VmSpec:
-        """The VM of a cell: the experiment is its workload; the other experiment (beside_neighbour)
-        gives its own policy spec, duration and neighbour."""
-        vcpus = IDLE_VCPUS if experiment == "idle" else 1
-        vcpu_cpus, device_cpu, overcommit = place(vcpus, None, None, False)
-        duration = self.duration(experiment, backend) if duration is None else duration
-        spec = VmSpec(vm="vm0", vcpus=vcpus, workload=experiment, policy=policy_spec or self.policy_spec(policy),
-                      vcpu_cpus=vcpu_cpus, device_cpu=device_cpu, overcommit=overcommit,
-                      tick_hz=self.tick_hz, duration_s=duration, backend=backend,
-                      calibration=self.calibration if backend == "emu" else None, neighbour=neighbour)
-        spec.sample_capacity = int(min(4_000_000, max(65_536, duration * 200_000)))
-        return spec
-
-    def schedule(self) -> list[tuple[int, str, str]]:
-        """(repeat, experiment, policy) in run order: repeats outermost, policies rotated per repeat."""
-        out = []
-        for r in range(1, self.repeat + 1):
-            for exp in EXPERIMENTS:
-                pols = list(EXPERIMENT_POLICIES[exp])
-                k = (r - 1) % len(pols)
-                for pol in pols[k:] + pols[:k]:
-                    out.append((r, exp, pol))
-        return out
-
-    def cells(self) -> list[tuple[int, str, str, str]]:
-        """schedule() with each cell measured on every backend in turn, back to back, so drift
-        hits the emulator and the kernel alike: (repeat, experiment, policy, backend)."""
-        return [(r, e, p, b) for r, e, p in self.schedule() for b in self.backends
-                if b == "emu" or p in side_by_side.KVM_POLICIES]
-
-
-def run_id(experiment: str, policy: str, repeat: int, backend: str = "emu") -> str:
-    return f"{'kvm:' if backend == 'kvm' else ''}{experiment}/{policy}/r{repeat}"
-
-
-def placement(plan: Plan) -> dict:
-    """Where each experiment's VM runs: its vCPUs' CPUs, the device's, and whether they overcommit."""
-    out = {}
-    for exp in EXPERIMENTS:
-        vcpus = IDLE_VCPUS if exp == "idle" else 1
-        vcpu_cpus, device_cpu, overcommit = place(vcpus, None, None, False)
-        out[exp] = {"vcpus": vcpus, "vcpu_cpus": vcpu_cpus, "device_cpu": device_cpu, "overcommit": overcommit}
-    return out
 
 
 # --- one run's figures -------------------------------------------------------------------------------

@@ -11,6 +11,16 @@ ALONE = "alone"  # the case without a neighbour
 WORKLOADS = ("timer", "io")
 POLICIES = ("none", "adaptive", "guest-haltpoll")
 KVM_POLICIES = ("none", "adaptive")  # the kvm backend's guest has no cpuidle-haltpoll
+DEFAULT_NEIGHBOURS = (NeighbourSpec(0.1, 2_000_000), NeighbourSpec(0.5, 2_000_000))
+# Seconds per cell (--quick or not) and runs per cell unless --repeat says otherwise: with these,
+# ./run.sh (the full comparison, both backends) stays under 5 minutes on 2 cores and --quick under 2.
+# Each cell with a neighbour also spends NEIGHBOUR_BASELINE_NS with the neighbour alone first.
+DURATION_S = {False: 1.0, True: 0.5}
+REPEAT = 1
+# adaptive's cells carry the fidelity rows, and one 1 s run decides them by a few halts: its wake p50
+# sits where polled and blocked wakes meet, so a run's share of each moves it by 2x. The full
+# comparison takes the median of this many of those runs (about 40 s more on 2 cores); --quick one.
+ADAPTIVE_REPEAT = {False: 3, True: 1}
 
 
 def case_key(n: NeighbourSpec | None) -> str:
