@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grimp  # import-linter's graph of the imports
+
 from tests.conftest import ROOT
 
 PACKAGES = ("hostd", "vcpu", "irqsrc", "bench")
@@ -93,3 +95,50 @@ def test_bench_takes_no_private_name_from_hostd() -> None:
                   if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in bound
                   and n.attr.startswith("_") and not n.attr.startswith("__")]
     assert not taken, taken
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan): each an import circle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_two_modules_import_each_other_by_any_path() -> None:
+    g = grimp.build_graph(*PACKAGES)
+    graph = {m: g.find_modules_directly_imported_by(m) for m in g.modules}
+    circles = import_circles(graph)
+    assert not circles, f"import circles: {circles}"
+
+
+def test_a_circle_is_found() -> None:
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []
