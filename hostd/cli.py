@@ -6,11 +6,9 @@ import sys
 
 from hostd.commands import compare, record, replay, run, tune
 from hostd.commands.calibrate import calibrate
-from hostd.plumbing.errors import UsageError
+from hostd.plumbing.errors import EXIT_USAGE, UsageError
 from hostd.service import serve, stat
 from vcpu.abi import set_process_name
-
-EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):

@@ -35,7 +35,7 @@ from hostd.output import compare_csv, fidelity_table, plots
 from hostd.output.compare_tables import print_tables
 from hostd.plumbing import calibration
 from hostd.plumbing.backend import check as check_backend
-from hostd.plumbing.errors import UsageError
+from hostd.plumbing.errors import EXIT_CHECK_FAILED, EXIT_SIGNAL, UsageError
 from hostd.plumbing import neighbour_cases
 from hostd.plumbing.neighbour import add_neighbour_option, parse_neighbour
 from hostd.plumbing.orphans import remove_stale_segments
@@ -45,8 +45,6 @@ from hostd.plumbing.spec import DEFAULT_TICK_HZ, parse_float, parse_int
 from hostd.plumbing.vm import ChildDied
 from vcpu.policy import SEED_HALT_POLL_CYCLES, U32_MAX, PolicySpec
 
-EXIT_CHECK_FAILED = 1
-EXIT_SIGNAL = 130
 DEFAULT_REPEAT = 3
 
 

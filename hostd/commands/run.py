@@ -11,16 +11,13 @@ import sys
 from hostd.measure.window import Terminated, measure, on_sigterm, spec_from_args
 from hostd.output import report
 from hostd.plumbing import kvm_params
-from hostd.plumbing.errors import UsageError
+from hostd.plumbing.errors import EXIT_CHECK_FAILED, EXIT_SIGNAL, UsageError
 from hostd.plumbing.orphans import remove_stale_segments
 from hostd.plumbing.output import atomic_write, write_json
 from hostd.plumbing.policy_options import add_policy_options
 from hostd.plumbing.results import vcpu_samples
 from hostd.plumbing.spec import add_vm_options
 from hostd.plumbing.vm import ChildDied
-
-EXIT_CHECK_FAILED = 1
-EXIT_SIGNAL = 130
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -22,7 +22,7 @@ from hostd.measure.sweep import Plan, measure_sweep
 from hostd.measure.window import Terminated, on_sigterm
 from hostd.output.plots import tune_tradeoff
 from hostd.output.tune_report import points_csv, print_report
-from hostd.plumbing.errors import UsageError
+from hostd.plumbing.errors import EXIT_CHECK_FAILED, EXIT_SIGNAL, UsageError
 from hostd.plumbing.orphans import remove_stale_segments
 from hostd.plumbing.output import atomic_write, write_json
 from hostd.plumbing.policy_options import tsc_khz_from_args
@@ -30,9 +30,6 @@ from hostd.plumbing.spec import add_vm_options, parse_duration, parse_float, par
 from hostd.plumbing.units import parse_ns
 from hostd.plumbing.vm import ChildDied
 from vcpu.policy import U32_MAX
-
-EXIT_CHECK_FAILED = 1
-EXIT_SIGNAL = 130
 
 DEFAULT_RANGE = "10us:2ms"
 DEFAULT_POINTS = 7

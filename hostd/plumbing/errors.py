@@ -1,4 +1,8 @@
-"""The one error type a user sees as a single line and exit code 2."""
+"""The one error type a user sees as a single line and exit code 2, and the exit codes hostd ends with."""
+
+EXIT_CHECK_FAILED = 1  # measured, but a check failed (or a child died): the figures are not to be trusted
+EXIT_USAGE = 2         # bad input, refused before anything ran
+EXIT_SIGNAL = 130      # Ctrl-C or SIGTERM: everything stopped and removed
 
 
 class UsageError(Exception):
