@@ -15,10 +15,17 @@ fi
 
 # Reinstall when pyproject.toml changes, so a pull that adds a dependency just works.
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
-  echo "run.sh: setting up $venv (first use) ..." >&2
-  "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
-  "$venv/bin/python" -m pip install --quiet -e "$here[test]" >&2
+  echo "run.sh: installing into $venv (one time) ..." >&2
+  # pip's and setuptools' own lines matter only when the install fails: then all of them are shown.
+  log="$(mktemp "${TMPDIR:-/tmp}/haltpoll-emu-install.XXXXXX")"
+  if ! { "$python" -m venv "$venv" && "$venv/bin/python" -m pip install --upgrade pip &&
+         "$venv/bin/python" -m pip install -e "$here[test]"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "run.sh: installing into $venv failed (the installer's output is above)" >&2
+    exit 1
+  fi
+  rm -f "$log"
   touch "$stamp"
 fi
 
