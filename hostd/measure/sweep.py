@@ -22,7 +22,7 @@ from hostd.measure.window import measure
 from hostd.output.progress import Progress
 from hostd.output.report import check_failures
 from hostd.output.tune_report import pct, point_line
-from hostd.plumbing.results import vcpu_samples
+from hostd.plumbing.results import rr_samples, vcpu_samples
 from hostd.plumbing.spec import vm_spec_from_args
 from hostd.plumbing.vm import ChildDied
 from vcpu.policy import PolicySpec
@@ -51,12 +51,6 @@ class Plan:
     def quantile(self) -> float | None:
         return {"p50": 0.5, "p99": 0.99}.get(self.figure)
 
-    def figure_label(self) -> str:
-        if self.workload == "io":
-            return "O_DSYNC writes/s"
-        what = "timer wake - deadline" if self.workload == "timer" else "tick wake latency"
-        return f"{what} {self.figure} (ns)"
-
     def vm_spec(self, budget_ns: int, workload: str | None = None, duration_s: float | None = None):
         args = self.args
         if workload is not None and workload != args.workload:
@@ -69,7 +63,8 @@ class Plan:
 
 
 def _measure(spec, tsc_khz: int):
-    """One run: (§8 result, latency, path, halt_ns pooled over the vCPUs). Retries once if a child died."""
+    """One run: (§8 result, latency, path, halt_ns pooled over the vCPUs, rr's round trips or None).
+    Retries once if a child died."""
     for attempt in (1, 2):
         try:
             result, vm = measure(spec, tsc_khz, progress=False)
@@ -79,12 +74,14 @@ def _measure(spec, tsc_khz: int):
             sys.stderr.write(f"hostd: budget {spec.policy.halt_poll_ns} ns: {exc}; retrying the run once\n")
             continue
         parts = [vcpu_samples(vm, i) for i in range(spec.vcpus)]
-        return (result, *(np.concatenate([p[k] for p in parts]) for k in range(3)))
+        rtt = rr_samples(vm) if spec.workload == "rr" else None
+        return (result, *(np.concatenate([p[k] for p in parts]) for k in range(3)), rtt)
     raise AssertionError("unreachable")
 
 
 def _figure(plan: Plan, results: list[dict], lat: np.ndarray, halt: np.ndarray) -> Interval:
-    """The workload figure of one point with its interval, over every run at that budget."""
+    """The workload figure of one point with its interval, over every run at that budget. lat: the
+    figure's samples, each halt's wake latency (rr: each round trip)."""
     if plan.quantile is not None:
         return quantile_ci(lat, plan.quantile)
     # io: writes/s = writes / seconds. Its interval: the batch-means interval of the time a write
@@ -104,9 +101,11 @@ def _figure(plan: Plan, results: list[dict], lat: np.ndarray, halt: np.ndarray) 
 
 
 def point_of(plan: Plan, budget: int, runs: list[tuple]) -> dict:
-    """The figures of one sweep point, pooled over its runs: [(§8 result, latency, path, halt_ns)]."""
+    """The figures of one sweep point, pooled over its runs: [(§8 result, latency, path, halt_ns, rtt)].
+    rr's figure is its round trip; the others' their wake latency (or io's writes/s)."""
     results = [r[0] for r in runs]
     lat = np.concatenate([r[1] for r in runs])
+    samples = np.concatenate([r[4] for r in runs]) if plan.workload == "rr" else lat
     halt = np.concatenate([r[3] for r in runs])
     vcpus = [v for r in results for v in r["vcpus"]]
     seconds = sum(r["spec"]["duration_s"] for r in results)
@@ -114,7 +113,7 @@ def point_of(plan: Plan, budget: int, runs: list[tuple]) -> dict:
     hits = sum(v["stats"]["halt_successful_poll"] for v in vcpus)
     cpu = sum(r["spec"]["duration_s"] * sum(v["host"]["cpu_frac"] for v in r["vcpus"]) / len(r["vcpus"])
               for r in results)
-    figure = _figure(plan, results, lat, halt).to_dict()
+    figure = _figure(plan, results, samples, halt).to_dict()
     point = {
         "budget_ns": budget,
         "figure": figure,

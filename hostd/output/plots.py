@@ -10,18 +10,21 @@
   none's wake p50 over the policy's; io: writes/s over none's, at the same neighbour) against what
   it costs the neighbour (its CPU lost, cores), `none` the line at 1x; the emulator filled, the kernel hollow;
 
-and `hostd tune`'s tradeoff.png (tune_tradeoff), `hostd replay --trace`'s halts.png (halt_budgets).
+and `hostd tune`'s tradeoff.png (tune_tradeoff), `hostd replay --trace`'s halts.png (halt_budgets),
+`hostd compare --table dyn2015|guest2019`'s <table>.png (table_plot).
 """
 from __future__ import annotations
 
 import io
 import os
+import textwrap
 
 import numpy as np
 
 from hostd.output import side_by_side
 from hostd.output.tune_report import budget_label, verdict_label
 from hostd.plumbing.output import atomic_write
+from hostd.plumbing.published import QUOTED, ROWS
 
 COLORS = {"none": "#d62728", "fixed": "#1f77b4", "adaptive": "#2ca02c", "guest-haltpoll": "#9467bd",
           "idle-poll": "#7f7f7f"}
@@ -40,7 +43,8 @@ def _pyplot():
 def _save(plt, fig, path: str) -> None:
     """Whole or not at all, like every result file."""
     buf = io.BytesIO()
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure with a layout of its own keeps it
+        fig.tight_layout()
     fig.savefig(buf, format="png")
     plt.close(fig)
     atomic_write(path, buf.getvalue())
@@ -291,6 +295,61 @@ def halt_budgets(path: str, halts: np.ndarray, marks: list[tuple[str, float | No
     _save(plt, fig, path)
 
 
-# Public for other experiments' plots (tables.py): Agg pyplot, and an atomic PNG save.
-pyplot = _pyplot
-save = _save
+# compare --table's series: (whose summary, marker, colour, filled, legend label), drawn side by side per config.
+EMU_FIGURE = ("emu", "o", "C0", True, "emulator: measured (median, min-max)")
+EMU_VCPU_CPU = ("emu", "s", "C1", True, "emulator: vCPU process's own CPU")
+KERNEL_FIGURE = ("kvm", "D", "C3", False, "kernel (kvm): measured (median, min-max)")
+
+
+def table_figure(doc: dict, table: str, config_names: dict, metric_names: dict):
+    """compare --table: per row a panel, per config its quoted figure as a grey range (a line where
+    the quote is one number) with the emulator's median and min-max beside it, and the kernel's where
+    it was measured (--backend both). The quoted figures and the kernel's n/a cells are written under
+    the configs' names, not in the data: small values put every point, band and label in the same
+    few pixels. One legend below the panels, outside them. Returns the figure, unsaved."""
+    plt = _pyplot()
+    kvm = doc["kvm"]
+    rows = [r for r in ROWS if r.table == table]
+    panels = [(r, r.figure) for r in rows] + ([(rows[0], "pct_of_host")] if table == "guest2019" else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.6), dpi=110, squeeze=False,
+                             layout="constrained")
+    for ax, (row, metric) in zip(axes[0], panels):
+        quoted = QUOTED[table]["pct_of_host" if metric == "pct_of_host" else row.key]
+        na = kvm["cells"].get(table, {}).get(row.key, {})
+        series = [(EMU_FIGURE, metric)] + ([(EMU_VCPU_CPU, "vcpu_cpu_pct")] if metric == "c0_pct" else [])
+        if kvm["summary"] is not None:
+            series.append((KERNEL_FIGURE, metric))
+        offsets = np.linspace(-0.2, 0.2, len(series)) if len(series) > 1 else [0.0]
+        ticks = []
+        for x, config in enumerate(row.configs):
+            lo, hi = quoted[config]
+            ax.fill_between([x - 0.35, x + 0.35], lo, hi if hi > lo else lo * 1.002, color="0.8", zorder=0,
+                            label="quoted (published, not measured here)")
+            for ((side, marker, color, filled, label), m), dx in zip(series, offsets):
+                summary = doc["summary"] if side == "emu" else kvm["summary"]
+                s = summary.get(table, {}).get(row.key, {}).get(config, {}).get(m)
+                if s and s["median"] is not None:
+                    ax.errorbar([x + dx], [s["median"]], yerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]],
+                                fmt=marker, color=color, mfc=None if filled else "none", capsize=4, label=label)
+            q = f"quoted {lo:g}" + (f"-{hi:g}" if hi != lo else "") + ("%" if "pct" in metric else "")
+            name = textwrap.fill(config_names[config].split(" (")[0], 18)  # guest2019's are a phrase each
+            ticks.append("\n".join([name, q]
+                                   + (["kernel: n/a"] if na.get(config) else [])))
+        ax.set_xticks(range(len(row.configs)))
+        ax.set_xticklabels(ticks, fontsize=7)
+        ax.set_xlim(-0.5, len(row.configs) - 0.5)
+        ax.set_title(metric_names[metric] if metric == "pct_of_host" else row.label, fontsize=8)
+        if metric == "c0_pct":
+            ax.set_yscale("log")
+        ax.grid(True, axis="y", alpha=0.3)
+    legend = {}  # one entry per label, whichever panel drew it first
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=len(legend), fontsize=7)
+    return fig
+
+
+def table_plot(path: str, doc: dict, table: str, config_names: dict, metric_names: dict) -> None:
+    plt = _pyplot()
+    _save(plt, table_figure(doc, table, config_names, metric_names), path)

@@ -77,6 +77,9 @@ def print_run(r: dict, out: TextIO) -> None:
         out.write(f"\nrr: {w['transactions']} transactions ({w['transactions_per_s']:.0f}/s); round trip mean "
                   f"{_us(w['rtt_mean_ns'] and round(w['rtt_mean_ns']))} us, p99 {_us(w['rtt_ns']['p99'])} us; "
                   f"device answers after {_us(spec['rr']['service_ns'])} us\n")
+        if w["dropped"]:
+            out.write(f"    round trip figures over the first {w['rtt_ns']['count']} (the rest outran the sample "
+                      f"buffers)\n")
     elif w["name"] == "timer":
         ns, cy = w["latency_ns"], w["latency_cycles"]
         out.write(

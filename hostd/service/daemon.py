@@ -226,6 +226,9 @@ class Daemon:
             spec = vm_spec_from_args(ns, policy, vm=vm_id)
         finally:
             self._repin()
+        if spec.extra.get("bare"):  # no vCPU halts in it: nothing to poll, set or watch
+            raise ProtocolError("launch: --rr-bare is rr's host-alone reference, not a VM (nothing halts in it); "
+                                "measure it with `hostd run --workload rr --rr-bare`")
         total = sum(r.spec.vcpus for r in self.vms.values()) + spec.vcpus
         if total > MAX_TOTAL_VCPUS:
             raise ProtocolError(f"launch: {total} vCPUs in all would exceed the daemon's limit of {MAX_TOTAL_VCPUS}")
@@ -273,6 +276,7 @@ class Daemon:
             "vcpus": spec.vcpus, "workload": spec.workload, "policy": spec.policy.policy,
             "host_policy": spec.policy.host_policy, "params": dict(rec.params),
             "interval_ns": spec.interval_ns if spec.workload == "timer" else None,
+            "rr_service_ns": spec.io_service_ns if spec.workload == "rr" else None,
             "overcommit": spec.overcommit, "tsc_khz": rec.tsc_khz,
             "device": {"pid": dev.pid, "cpu": spec.device_cpu},
             "vcpu": [{"index": i, "pid": pid, "cpu": None if spec.vcpu_cpus is None else spec.vcpu_cpus[i],
@@ -326,7 +330,7 @@ class Daemon:
         if name in ("tick_hz", "tick_millihz"):
             if spec.workload != "idle":
                 raise ProtocolError(f"set: {name} is the idle workload's tick; {rec.id} runs the "
-                                    f"{spec.workload} workload (its rate is fixed at launch)")
+                                    f"{spec.workload} workload, which has none")
             millihz = round(value * 1000) if name == "tick_hz" else int(value)
             rec.vm.set_param("tick_millihz", millihz)
             rec.params["tick_hz"] = millihz / 1000
