@@ -15,9 +15,10 @@ from hostd.measure import bare_metal, beside_neighbour
 from hostd.measure.compare_plan import EXPERIMENT_POLICIES, EXPERIMENTS, Plan, placement
 from hostd.measure.disturbance import DISTURBED, MAX_ATTEMPTS, PREEMPTED_POLLS
 from hostd.output import side_by_side
-from hostd.output.compare_verdict import bare_metal_verdict, seed_verdict
+from hostd.output.compare_verdict import bare_metal_verdict, neighbour_lines, seed_lines
 from hostd.output.fidelity_table import summary_line
 from hostd.plumbing import calibration
+from hostd.plumbing.formats import RESULTS_FORMAT_VERSION
 from hostd.plumbing.published import SEED
 from vcpu.policy import KVM_HALT_POLL_NS_DEFAULT, SEED_HALT_POLL_CYCLES
 
@@ -79,14 +80,20 @@ def apart(summary: dict | None, exp: str, a: str, b: str, metric: str) -> bool |
     return not ia.overlaps(ib)
 
 
-def verdict(m: dict, fixed_ns: int, overcommit: bool = False, cores: int | None = None,
-            summary: dict | None = None, running_inject_ns: int = 0) -> str:
-    """The seed experiments' paragraph (compare_verdict.seed_verdict) from the medians `m` (see
+def verdict_lines(m: dict, fixed_ns: int, overcommit: bool = False, cores: int | None = None,
+                  summary: dict | None = None, running_inject_ns: int = 0) -> tuple[list[str], list[str]]:
+    """The seed experiments' (claims, notes) (compare_verdict.seed_lines) from the medians `m` (see
     medians()). With `summary` (aggregate()'s, intervals included), two cells whose intervals
     overlap are called indistinguishable instead of being ordered."""
     pairs = None if summary is None else {key: apart(summary, exp, "fixed", "none", key)
                                           for exp, key in FIXED_AGAINST_NONE}
-    return seed_verdict(m, fixed_ns, overcommit, cores, pairs, running_inject_ns)
+    return seed_lines(m, fixed_ns, overcommit, cores, pairs, running_inject_ns)
+
+
+def verdict(*args, **kw) -> str:
+    """verdict_lines' claims and notes as one paragraph."""
+    claims, notes = verdict_lines(*args, **kw)
+    return " ".join(claims + notes)
 
 
 def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float) -> dict:
@@ -102,25 +109,31 @@ def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float)
     failures = [f"{r['id']}: {f}" for r in runs for f in r["check_failures"]]
     disturbed = [r["id"] for r in runs if r.get("disturbed")]
     running = plan.calibration["costs_ns"]["running_inject_ns"] if plan.calibration else 0
-    text = verdict(medians(summary), plan.fixed_ns, place_["idle"]["overcommit"], cpus, summary=summary,
-                   running_inject_ns=running)
-    text += bare_metal_verdict(bare)
+    # The verdict's claims, the most important first: the seed's headline and its figures, the
+    # kernel's own and the emulator's distance to it, bare metal, beside a neighbour; cautions last.
+    seed, notes = verdict_lines(medians(summary), plan.fixed_ns, place_["idle"]["overcommit"], cpus,
+                                summary=summary, running_inject_ns=running)
     near = beside_neighbour.document(plan, runs)
-    text += (" " + near["verdict"]) if near["verdict"] else ""
     kvm = None
     fid = None
+    kernel: list[str] = []
     if plan.backends[1:] == ("kvm",):
         kvm_summary = aggregate([r for r in runs if r["backend"] == "kvm" and r["experiment"] in EXPERIMENTS])
         kvm = side_by_side.document(summary, kvm_summary)
         fid = fidelity.rows(summary, kvm_summary) + fidelity.neighbour_rows(near["summary"], near["kvm"]["summary"])
-        text += " " + side_by_side.verdict(summary, kvm_summary)
-        text += " " + summary_line(fid, calibration.name_of(plan.calibration))
+        kernel = [*side_by_side.verdict_lines(summary, kvm_summary),
+                  summary_line(fid, calibration.name_of(plan.calibration))]
     elif plan.kvm_unavailable:
         kvm = {"unavailable": plan.kvm_unavailable}
+    ns = [n for n in beside_neighbour.cases(plan) if n is not None]
+    lines = [*seed, *kernel, bare_metal_verdict(bare),
+             *neighbour_lines(near["summary"], ns, (near["kvm"] or {}).get("summary")), *notes]
     if disturbed:
-        text += (f" Caution: {len(disturbed)} of {len(runs)} runs were disturbed by other processes even after "
-                 f"re-measuring (marked *): measure on a quiet machine for figures worth quoting.")
+        lines.append(f"Caution: {len(disturbed)} of {len(runs)} runs were disturbed by other processes even after "
+                     f"re-measuring (marked *): measure on a quiet machine for figures worth quoting.")
+    lines = [line for line in lines if line]
     return {
+        "format_version": RESULTS_FORMAT_VERSION,
         "command": "hostd compare",
         "started_utc": started,
         "elapsed_s": round(elapsed_s, 1),
@@ -150,7 +163,8 @@ def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float)
         "neighbour": near,
         "kvm": kvm,
         "fidelity": fid,
-        "verdict": text,
+        "verdict": " ".join(lines),
+        "verdict_lines": lines,
         "disturbed_runs": disturbed,
         "retried_runs": [r["id"] for r in runs if r.get("discarded_attempts")],
         "seed": SEED,

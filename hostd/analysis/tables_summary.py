@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from hostd.analysis.stats import summarize
 from hostd.measure.table_cells import GUEST2019_POLL_NS, TablePlan, kvm_cells
+from hostd.plumbing.formats import RESULTS_FORMAT_VERSION
 from hostd.plumbing.published import NOHZ_TICK_HZ, QUOTED, ROWS, TABLES
 from vcpu.policy import KVM_HALT_POLL_NS_DEFAULT
 
@@ -122,6 +123,7 @@ def build_document(plan: TablePlan, runs: list[dict]) -> dict:
     c0_sources = sorted({r["c0_source"] for r in runs if r["row"].startswith("idle")})
     failures = [f"{r['id']}: {f}" for r in runs for f in r["check_failures"]]
     return {
+        "format_version": RESULTS_FORMAT_VERSION,
         "command": "hostd compare --table " + ",".join(plan.tables),
         "config": {
             "tables": list(plan.tables), "quick": plan.quick, "repeat": plan.repeat, "durations_s": plan.durations,

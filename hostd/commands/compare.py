@@ -17,6 +17,7 @@ dyn2015|guest2019 hands over to hostd.commands.tables.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import signal
@@ -39,7 +40,7 @@ from hostd.plumbing.errors import EXIT_CHECK_FAILED, EXIT_SIGNAL, UsageError
 from hostd.plumbing import neighbour_cases
 from hostd.plumbing.neighbour import add_neighbour_option, parse_neighbour
 from hostd.plumbing.orphans import remove_stale_segments
-from hostd.plumbing.output import atomic_write, write_json
+from hostd.plumbing.output import atomic_write, check_out_dir, print_show_again, write_json
 from hostd.plumbing.policy_options import cycles_to_ns, tsc_khz_from_args
 from hostd.plumbing.spec import DEFAULT_TICK_HZ, parse_float, parse_int
 from hostd.plumbing.vm import ChildDied
@@ -109,14 +110,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         raise UsageError(f"--tsc-khz: {SEED_HALT_POLL_CYCLES} cycles at {tsc_khz} kHz exceed the kernel's "
                          f"maximum halt_poll_ns of {U32_MAX}")
     out = args.out or os.path.join("results", datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out: {out!r} exists and is not a directory")
-    parent = os.path.dirname(os.path.abspath(out))
-    probe = parent
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.access(probe if not os.path.isdir(out) else out, os.W_OK):
-        raise UsageError(f"--out: cannot write into {out!r}")
+    check_out_dir(out, "--out")
     extra = [parse_neighbour(text) for text in getattr(args, "neighbour", None) or ()]
     backends, kvm_unavailable = _backends(args.backend)
     profile = calibration.resolve(args.calibration) if "emu" in backends else None
@@ -175,6 +169,8 @@ def main(args: argparse.Namespace) -> int:
         rc = main_seed(args, replace(plan, out=os.path.join(plan.out, "seed")) if others else plan)
     if others and rc != EXIT_SIGNAL:
         rc = max(rc, tables.main(args, others, plan.out, nested="seed" in which))
+    if rc != EXIT_SIGNAL and glob.glob(os.path.join(plan.out, "**", "results.json"), recursive=True):
+        print_show_again(plan.out)  # not after an abort that wrote nothing
     return rc
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 
 from hostd.plumbing.errors import UsageError
+from hostd.plumbing.output import check_out_file
 from hostd.trace import recording
 
 DRAIN_S = 0.1  # how often the ring buffer is drained into the file
@@ -44,10 +45,11 @@ def main(args: argparse.Namespace) -> int:
         if not given or min(given) <= 0:
             raise UsageError(f"--pid: expected PID[,PID...], got {args.pid!r}")
         pids = recording.threads(given)
+    check_out_file(args.file, "FILE")
     try:
         out = open(args.file, "wb")  # noqa: SIM115 - closed below on every path
-    except OSError as exc:
-        raise UsageError(f"cannot write {args.file}: {exc.strerror or exc}") from None
+    except OSError as exc:  # e.g. its folder missing: record, unlike the others, does not create one
+        raise UsageError(f"FILE: cannot write {args.file!r}: {exc.strerror or exc}") from None
 
     stopped = None
     error: OSError | None = None
@@ -68,6 +70,8 @@ def main(args: argparse.Namespace) -> int:
         stopped = "terminated"
     except UsageError as exc:
         refused = exc
+    except BrokenPipeError:  # FILE a pipe (/dev/stdout | head) whose reader went: hostd.cli ends it, tracing restored
+        raise
     except OSError as exc:
         error = exc
     finally:

@@ -14,9 +14,11 @@ import os
 import re
 import sys
 
+from hostd.output.console import width_for
 from hostd.output.replay_text import describe, format_rows, format_summary
 from hostd.output.trace_report import format_report, write_out
 from hostd.plumbing.errors import UsageError
+from hostd.plumbing.output import check_out_dir
 from hostd.plumbing.policy_options import DEFAULT_POLICY, add_policy_options, policy_spec_from_args
 from hostd.replay import trace_replay
 from hostd.replay.halts_csv import HaltsCsv
@@ -69,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(result.rows))
         print("\n".join(summary), file=sys.stderr)
     else:
-        print("\n".join([summary[0], *format_rows(result.rows), *summary[1:]]))
+        print("\n".join([summary[0], *format_rows(result.rows, width=width_for(sys.stdout)), *summary[1:]]))
     return 0
 
 
@@ -80,10 +82,8 @@ def _main_trace(args: argparse.Namespace) -> int:
     max_unmatched = _count(args.max_unmatched, "--max-unmatched")
     made_out = bool(args.out) and not os.path.isdir(args.out)
     if args.out:
-        try:
-            os.makedirs(args.out, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--out: cannot create {args.out}: {exc.strerror or exc}") from None
+        check_out_dir(args.out, "--out")
+        os.makedirs(args.out, exist_ok=True)
     reader = TraceReader(args.trace, max_unmatched=max_unmatched)
     halts_csv = HaltsCsv(args.out) if args.out else None
     try:
@@ -101,10 +101,7 @@ def _main_trace(args: argparse.Namespace) -> int:
         halts_csv.finish()
     if args.out:
         write_out(args.out, doc, replayed.total_sample.array())
-    try:
-        print(json.dumps(doc) if args.json else "\n".join(format_report(doc)), flush=True)
-    except BrokenPipeError:  # `| head`: the reader has seen enough; no traceback at exit either
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    print(json.dumps(doc) if args.json else "\n".join(format_report(doc, width_for(sys.stdout))))
     return 0
 
 

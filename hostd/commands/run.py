@@ -13,7 +13,7 @@ from hostd.output import report
 from hostd.plumbing import kvm_params
 from hostd.plumbing.errors import EXIT_CHECK_FAILED, EXIT_SIGNAL, UsageError
 from hostd.plumbing.orphans import remove_stale_segments
-from hostd.plumbing.output import atomic_write, write_json
+from hostd.plumbing.output import atomic_write, check_out_dir, check_out_file, write_json
 from hostd.plumbing.policy_options import add_policy_options
 from hostd.plumbing.results import vcpu_samples
 from hostd.plumbing.spec import add_vm_options
@@ -42,15 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     spec, tsc_khz = spec_from_args(args)
-    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out: {args.out!r} exists and is not a directory")
+    if args.out:
+        check_out_dir(args.out, "--out")
     if args.trace_out:
         if spec.backend != "kvm":
             raise UsageError("--trace-out: the kernel's tracepoints see only --backend kvm's vCPUs")
         if os.geteuid() != 0:
             raise UsageError("--trace-out needs root (tracefs and the kvm tracepoints are root's)")
-        if not os.access(os.path.dirname(os.path.abspath(args.trace_out)), os.W_OK):
-            raise UsageError(f"--trace-out: cannot write {args.trace_out!r}")
+        check_out_file(args.trace_out, "--trace-out")
     remove_stale_segments()
     old = signal.signal(signal.SIGTERM, on_sigterm)
     try:

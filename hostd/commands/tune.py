@@ -21,10 +21,11 @@ from hostd.analysis.recommend import TEST
 from hostd.measure.sweep import Plan, measure_sweep
 from hostd.measure.window import Terminated, on_sigterm
 from hostd.output.plots import tune_tradeoff
-from hostd.output.tune_report import points_csv, print_report
+from hostd.output.tune_report import figure_label, points_csv, print_report
 from hostd.plumbing.errors import EXIT_CHECK_FAILED, EXIT_SIGNAL, UsageError
+from hostd.plumbing.formats import RESULTS_FORMAT_VERSION
 from hostd.plumbing.orphans import remove_stale_segments
-from hostd.plumbing.output import atomic_write, write_json
+from hostd.plumbing.output import atomic_write, check_out_dir, print_show_again, write_json
 from hostd.plumbing.policy_options import tsc_khz_from_args
 from hostd.plumbing.spec import add_vm_options, parse_duration, parse_float, parse_int
 from hostd.plumbing.units import parse_ns
@@ -94,8 +95,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         if args.figure not in ("p50", "p99"):
             raise UsageError(f"--figure: expected p50 or p99, got {args.figure!r}")
     figure = "ops_per_s" if args.workload == "io" else (args.figure or "p50")
-    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out: {args.out!r} exists and is not a directory")
+    if args.out:
+        check_out_dir(args.out, "--out")
     plan = Plan(workload=args.workload, budgets=budgets, duration_s=duration, max_duration_s=max_duration,
                 target=target, figure=figure,
                 tsc_khz=tsc_khz_from_args(args), args=args)
@@ -148,6 +149,7 @@ def build_document(plan: Plan, points: list[dict], extra: dict) -> dict:
     failures = [f"budget {p['budget_ns']}: {f}" for p in points for f in p["check_failures"]]
     failures += [f"idle run: {f}" for f in rec["idle_cost"].get("check_failures", [])]
     return {
+        "format_version": RESULTS_FORMAT_VERSION,
         "command": "hostd tune",
         "backend": spec0.backend,  # kvm: "fixed" is the kernel's adaptive polling capped at each budget
         "calibration": spec0.calibration,
@@ -159,7 +161,7 @@ def build_document(plan: Plan, points: list[dict], extra: dict) -> dict:
         "rounds": extra["rounds"],
         "target": plan.target,
         "figure": plan.figure,
-        "figure_label": plan.figure_label(),
+        "figure_label": figure_label(plan.workload, plan.figure),
         "higher_is_better": plan.higher_is_better,
         "share_definition": ("figure / best" if plan.higher_is_better
                              else "(figure at budget 0 - figure) / (figure at budget 0 - best)"),
@@ -206,4 +208,6 @@ def main(args: argparse.Namespace) -> int:
             sys.stdout.write(f"results: {args.out}/ (tune.json, points.csv, tradeoff.png, sweep.halts)\n")
     for f in doc["checks"]["failures"]:
         sys.stderr.write(f"hostd: check failed: {f}\n")
+    if args.out:
+        print_show_again(args.out)
     return 0 if doc["checks"]["ok"] else EXIT_CHECK_FAILED

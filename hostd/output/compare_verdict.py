@@ -37,16 +37,17 @@ def _where(x: float, seed_range: list[int]) -> str:
     return "below the seed's range" if x < lo else "within the seed's range" if x <= hi else "above the seed's range"
 
 
-def seed_verdict(m: dict, fixed_ns: int, overcommit: bool = False, cores: int | None = None,
-                 apart: dict[str, bool | None] | None = None, running_inject_ns: int = 0) -> str:
-    """One paragraph from the medians `m` (m[experiment][policy][metric]). apart[metric], for io's
-    writes_per_s, idle's cpu_pct_per_vcpu and timer's p50_cycles: whether fixed and none lie apart
+def seed_lines(m: dict, fixed_ns: int, overcommit: bool = False, cores: int | None = None,
+               apart: dict[str, bool | None] | None = None, running_inject_ns: int = 0) -> tuple[list[str], list[str]]:
+    """(claims, notes), one a line: the headline first, then fixed against none; the notes the other
+    policies and the cautions. From the medians `m` (m[experiment][policy][metric]). apart[metric],
+    for io's writes_per_s, idle's cpu_pct_per_vcpu and timer's p50_cycles: whether fixed and none lie apart
     across repeats (False: indistinguishable; None: no interval), or None where no summary was
     given. running_inject_ns: what the calibration charges an idle=poll guest per interrupt (0:
     uncalibrated, idle=poll is the ceiling)."""
     io, idle, timer = m.get("io", {}), m.get("idle", {}), m.get("timer", {})
     g = lambda d, p, k: d.get(p, {}).get(k)  # noqa: E731
-    parts = []
+    parts, headline, later = [], [], []
     pairs = apart or {}
 
     f_pct, n_pct = g(io, "fixed", "pct_of_idle_poll"), g(io, "none", "pct_of_idle_poll")
@@ -67,7 +68,7 @@ def seed_verdict(m: dict, fixed_ns: int, overcommit: bool = False, cores: int | 
             others.append(f"{p} {_pct(g(io, p, 'pct_of_idle_poll'))} at {_core(g(idle, p, 'cpu_pct_per_vcpu'))}")
     ip_cpu = g(idle, "idle-poll", "cpu_pct_per_vcpu")
     if others:
-        parts.append("For comparison, " + "; ".join(others) +
+        later.append("For comparison, " + "; ".join(others) +
                      (f"; idle-poll itself costs {_core(ip_cpu)} per idle vCPU" if ip_cpu is not None else "") + ".")
 
     f_t, n_t, a_t = g(timer, "fixed", "p50_cycles"), g(timer, "none", "p50_cycles"), g(timer, "adaptive", "p50_cycles")
@@ -106,14 +107,14 @@ def seed_verdict(m: dict, fixed_ns: int, overcommit: bool = False, cores: int | 
             lo, hi = SEED["idle_fixed_cpu_pct_range"]
             where = "below" if f_cpu < lo else "within" if f_cpu <= hi else "above"
             claim += f", at an idle cost {where} the seed's 1.5-2.5% per vCPU"
-        parts.append(claim + ".")
+        headline.append(claim + ".")
     if apart is not None and None in apart.values():
-        parts.append("One run per cell has no interval across repeats, so where fixed and none differ above that "
+        later.append("One run per cell has no interval across repeats, so where fixed and none differ above that "
                      "may be noise (--repeat 3 or more tells).")
     if overcommit:
-        parts.append(f"The idle guest was overcommitted ({IDLE_VCPUS} vCPUs + device on "
+        later.append(f"The idle guest was overcommitted ({IDLE_VCPUS} vCPUs + device on "
                      f"{cores if cores else 'fewer'} CPUs), so a busy vCPU's figure is its share of a shared core.")
-    return " ".join(parts)
+    return headline + parts, later
 
 
 def bare_metal_verdict(bare: dict) -> str:
@@ -126,17 +127,22 @@ def bare_metal_verdict(bare: dict) -> str:
     def p(pol: str) -> str:
         return _pct(pct.get(pol, {}).get("median"))
 
-    return (f" Against bare metal (the device's own O_DSYNC writes with no vCPU, other CPUs idle: "
+    return (f"Against bare metal (the device's own O_DSYNC writes with no vCPU, other CPUs idle: "
             f"{bare['idle']['median']:,.0f} writes/s), none made {p('none')} and fixed {p('fixed')} "
             f"(the seed: ~30% and 60-65%); with the other CPUs busy, bare metal made {p('bare-busy')} of that.")
 
 
 def neighbour_verdict(summary: dict, ns: list[NeighbourSpec], kvm: dict | None = None) -> str:
+    """neighbour_lines' claims as one paragraph (results.json's neighbour.verdict)."""
+    return " ".join(neighbour_lines(summary, ns, kvm))
+
+
+def neighbour_lines(summary: dict, ns: list[NeighbourSpec], kvm: dict | None = None) -> list[str]:
     """What the busiest neighbour shows on the timer: whether the host's adaptive polling gave way
     (its successful polls against alone) and what it cost the neighbour, against guest-haltpoll;
     then what polling bought beside it. summary, kvm: beside_neighbour.aggregate()'s."""
     if not ns:
-        return ""
+        return []
     top = max(ns, key=lambda n: n.duty)
     case = case_key(top)
     g = lambda pol, metric, s=summary, c=case: median_of(s, c, "timer", pol, metric)  # noqa: E731
@@ -175,4 +181,4 @@ def neighbour_verdict(summary: dict, ns: list[NeighbourSpec], kvm: dict | None =
                           f"{'the throughput' if higher else 'faster'})")
     if bought:
         parts.append(f"What polling bought beside it: {'; '.join(bought)}.")
-    return " ".join(parts)
+    return parts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io as _io
 
+from hostd.output.console import Column, report_for
 from hostd.output.figures import num
 from hostd.plumbing.fidelity_bounds import CORES, HIGH, LOW, POINTS, TOLERANCES
 
@@ -55,15 +56,13 @@ def mark(r: dict) -> str:
     return "✓" if r["within"] else ("✗ explained" if r["why"] else "✗")
 
 
-def print_table(table: list[dict], console) -> None:
-    from rich.table import Table  # lazy: rich costs start-up time every hostd command would pay; only printing needs it
-
-    t = Table(title=f"Fidelity: the emulator against the kernel on this machine, same cells ({TOLERANCES})",
-              title_justify="left")
-    for col, j in (("figure", "left"), ("emulator", "right"), ("kernel (kvm)", "right"),
-                   ("emu vs kvm", "right"), ("", "left"), ("why not", "left")):
-        t.add_column(col, justify=j)
+def print_table(table: list[dict], out) -> None:
+    """Into `out`: a report or a rich Console (hostd.output.console.report_for)."""
+    rows = []
     for r in table:
         digits = r.get("digits", 2 if r["key"].startswith("idle") else 0)
-        t.add_row(r["figure"], num(r["emu"], digits), num(r["kvm"], digits), ratio_text(r), mark(r), r["why"] or "")
-    console.print(t)
+        rows.append([r["figure"], num(r["emu"], digits), num(r["kvm"], digits), ratio_text(r), mark(r), r["why"] or ""])
+    report_for(out).table(f"Fidelity: the emulator against the kernel on this machine, same cells ({TOLERANCES})",
+                          [Column("figure", "left")],
+                          [[Column("emulator"), Column("kernel (kvm)"), Column("emu vs kvm"), Column("", "left"),
+                            Column("why not", "left")]], rows)

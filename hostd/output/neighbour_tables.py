@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from hostd.output.console import Column, report_for
 from hostd.plumbing.neighbour_cases import WORKLOADS
 from hostd.plumbing.spec import DEFAULT_INTERVAL_US
 
@@ -37,26 +38,22 @@ def heading(doc: dict) -> str:
                else "."))
 
 
-def print_tables(doc: dict, console, fmt: Callable, disturbed: set[str]) -> None:
-    """The experiment's tables, one per workload, rows per (case, policy); `fmt` formats a cell
-    (hostd.output.figures.cell)."""
-    from rich.table import Table  # lazy: rich costs start-up time every hostd command would pay; only printing needs it
-
+def print_tables(doc: dict, out, fmt: Callable, disturbed: set[str]) -> None:
+    """The experiment's tables, one per workload, rows per (case, policy), into `out` (a report or a
+    rich Console: hostd.output.console.report_for); `fmt` formats a cell (hostd.output.figures.cell)."""
     nb = doc.get("neighbour")
     if not nb or not nb["summary"]:
         return
+    report = report_for(out)
     s, kvm = nb["summary"], (nb.get("kvm") or {}).get("summary")
     spread = nb["config"]["repeat"] > 1
-    console.print(heading(doc))
+    report.print(heading(doc))
     labels = {c["key"]: c["label"] for c in nb["config"]["cases"]}
     for wl in WORKLOADS:
-        t = Table(title=f"Beside a neighbour: {TITLES[wl]}", title_justify="left")
-        t.add_column("neighbour", no_wrap=True)
-        t.add_column("policy", no_wrap=True)
-        for _, _, _, header in COLUMNS[wl]:
-            t.add_column(header, justify="right")
-        for _, _, _, header in COLUMNS[wl] if kvm is not None else ():
-            t.add_column(f"kvm\n{header}", justify="right")
+        groups = [[Column(header) for _, _, _, header in COLUMNS[wl]]]
+        if kvm is not None:
+            groups.append([Column(f"kvm\n{header}") for _, _, _, header in COLUMNS[wl]])
+        rows, ends = [], set()
         for case, wls in s.items():
             pols = wls.get(wl, {})
             for i, (pol, m) in enumerate(pols.items()):
@@ -66,8 +63,10 @@ def print_tables(doc: dict, console, fmt: Callable, disturbed: set[str]) -> None
                 if kvm is not None:
                     k = kvm.get(case, {}).get(wl, {}).get(pol)
                     row += _cells(wl, k, fmt, spread) if k else ["-"] * len(COLUMNS[wl])
-                t.add_row(*row, end_section=i == len(pols) - 1)
-        console.print(t)
+                rows.append(row)
+            ends.add(len(rows) - 1)
+        report.table(f"Beside a neighbour: {TITLES[wl]}", [Column("neighbour", "left"), Column("policy", "left")],
+                     groups, rows, frozenset(ends))
 
 
 def _cells(wl: str, m: dict, fmt: Callable, spread: bool) -> list[str]:

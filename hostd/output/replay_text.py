@@ -25,9 +25,10 @@ def describe(spec: PolicySpec) -> str:
     return f"policy {spec.policy}: {host}"
 
 
-def format_rows(rows: list[dict], numbered: bool = True, left: int = 0) -> list[str]:
+def format_rows(rows: list[dict], numbered: bool = True, left: int = 0, width: int | None = None) -> list[str]:
     """A right-aligned table (its first `left` columns left-aligned), rows numbered unless told
-    otherwise; long replays keep the first and last EDGE_ROWS rows."""
+    otherwise; long replays keep the first and last EDGE_ROWS rows. Wider than `width`, its columns
+    are split over tables one under the other, each led by the number and the `left` columns."""
     if not rows:
         return []
     keys = list(rows[0])
@@ -44,10 +45,20 @@ def format_rows(rows: list[dict], numbered: bool = True, left: int = 0) -> list[
     if not numbered:
         table = [line[1:] for line in table]
     widths = [max(len(line[c]) for line in table) for c in range(len(table[0]))]
-    out = ["  ".join(v.ljust(w) if c < left else v.rjust(w)
-                     for c, (v, w) in enumerate(zip(line, widths, strict=True))) for line in table]
-    if omitted:
-        out.insert(1 + EDGE_ROWS, f"... {omitted} more halts (--json prints every row) ...")
+    lead = list(range(max(left, int(numbered))))
+    parts: list[list[int]] = [[]]
+    for c in range(len(lead), len(widths)):
+        if parts[-1] and width and sum(widths[k] + 2 for k in lead + parts[-1] + [c]) - 2 > width:
+            parts.append([])
+        parts[-1].append(c)
+    out: list[str] = []
+    for part in parts:
+        cols = lead + part
+        block = ["  ".join(line[c].ljust(widths[c]) if c < left else line[c].rjust(widths[c]) for c in cols)
+                 for line in table]
+        if omitted:
+            block.insert(1 + EDGE_ROWS, f"... {omitted} more halts (--json prints every row) ...")
+        out += ([""] if out else []) + block
     return out
 
 

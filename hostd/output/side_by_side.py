@@ -76,8 +76,8 @@ def ratio_text(r: float | None) -> str:
     return f"{r:,.0f}x" if r >= 10 else f"{r:.1f}x" if r >= 1 else f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
 
 
-def verdict(emu: dict, kvm: dict) -> str:
-    """Sentences on the kernel's own figures and how far the emulator is from them."""
+def verdict_lines(emu: dict, kvm: dict) -> list[str]:
+    """Claims on the kernel's own figures and how far the emulator is from them, one a line."""
     g = median_of
     parts = []
     kf, kn = g(kvm, "io", "fixed", "writes_per_s"), g(kvm, "io", "none", "writes_per_s")
@@ -97,4 +97,8 @@ def verdict(emu: dict, kvm: dict) -> str:
             s += (f"; the emulator shows {gain:.{0 if gain >= 10 else 1}f}x, "
                   f"{times:.{0 if times >= 10 else 1}f} times the kernel's gain")
         parts.append(s + ".")
-    return " ".join(parts)
+    return parts
+
+
+def verdict(emu: dict, kvm: dict) -> str:
+    return " ".join(verdict_lines(emu, kvm))

@@ -6,6 +6,7 @@ import io as _io
 import os
 
 from hostd.output import plots
+from hostd.output.console import Column, report_for
 from hostd.output.figures import cell
 from hostd.plumbing import calibration
 from hostd.plumbing.output import atomic_write, write_json
@@ -40,40 +41,35 @@ def _metrics(row) -> tuple:
     return m + ((("pct_of_host", 1, "%"),) if row.table == "guest2019" else ())
 
 
-def print_doc(doc: dict, out) -> None:
+def print_doc(doc: dict, out, width: int | None = None) -> None:
+    """Into `out`: a report (hostd.output.console, hostd.output.markdown) or a stream, at `width`."""
     # lazy: rich costs start-up time every hostd command would pay; only printing needs it
-    from rich.console import Console
-    from rich.table import Table
     from rich.text import Text
 
-    console = Console(file=out, width=None if out.isatty() else 160)
+    report = report_for(out, width)
     cfg = doc["config"]
     kvm = doc["kvm"]
     disturbed = set(doc["disturbed_runs"])
     spread = " (min-max)" if cfg["repeat"] > 1 else ""
     c0 = f"%c0 from {' and '.join(cfg['c0_source'])}; " if cfg["c0_source"] else ""
-    console.print(f"median of {cfg['repeat']} run(s) per cell; {c0}"
-                  f"always-poll {cfg['always_poll_ns'] / 1000:g} us, dynamic-poll max "
-                  f"{cfg['adaptive_halt_poll_ns'] / 1000:g} us (upstream defaults); rr: device answers after {cfg['rr_service_ns'] / 1000:g} us; "
-                  f"round trip = {cfg['rr_span']}")
-    console.print(f"emulator calibration: {calibration.name_of(cfg.get('calibration'))}")
+    report.print(f"median of {cfg['repeat']} run(s) per cell; {c0}"
+                 f"always-poll {cfg['always_poll_ns'] / 1000:g} us, dynamic-poll max "
+                 f"{cfg['adaptive_halt_poll_ns'] / 1000:g} us (upstream defaults); rr: device answers after {cfg['rr_service_ns'] / 1000:g} us; "
+                 f"round trip = {cfg['rr_span']}")
+    report.print(f"emulator calibration: {calibration.name_of(cfg.get('calibration'))}")
     for table in cfg["tables"]:
         if table not in QUOTED:
             continue
-        t = Table(title=f"{table}: {QUOTED[table]['source']}", title_justify="left")
-        t.add_column("row")
-        t.add_column("config")
-        t.add_column("quoted", style="dim italic", justify="right")
         names = []
         for row in (r for r in ROWS if r.table == table):
             for metric, _, _ in _metrics(row):
                 if LABELS[metric] + spread not in names:
                     names.append(LABELS[metric] + spread)
-        for n in names:
-            t.add_column(n, justify="right")
+        groups = [[Column("quoted", style="dim italic"), *(Column(n) for n in names)]]
         if kvm["cells"]:
-            t.add_column("kernel (kvm)", justify="right")
+            groups.append([Column("kernel (kvm)")])
         reasons: list[str] = []  # kernel cells that cannot run here: n/a [k], the reason below the table
+        rows = []
         for row in (r for r in ROWS if r.table == table):
             cells = doc["summary"].get(table, {}).get(row.key, {})
             for config in row.configs:
@@ -87,20 +83,21 @@ def print_doc(doc: dict, out) -> None:
                     if na and na not in reasons:
                         reasons.append(na)
                     extra = [f"n/a [{reasons.index(na) + 1}]" if na else cell(ks.get(row.figure), 2)]
-                t.add_row(row.label if config == row.configs[0] else "",
-                          CONFIG_LABELS[config] + (" *" if ids & disturbed else ""), _quoted(table, row.key, config),
-                          *(vals.get(n, "") for n in names), *extra)
-        console.print(t)
+                rows.append([row.label if config == row.configs[0] else "",
+                             CONFIG_LABELS[config] + (" *" if ids & disturbed else ""), _quoted(table, row.key, config),
+                             *(vals.get(n, "") for n in names), *extra])
+        report.table(f"{table}: {QUOTED[table]['source']}", [Column("row", "left"), Column("config", "left")],
+                     groups, rows)
         for k, why in enumerate(reasons, 1):
-            console.print(f"  [{k}] kernel cell not run: {why}")
-        for row, v in doc["verdicts"].get(table, {}).items():
-            label = f"{row.removesuffix(':proxy')} ({v['figure']}{', proxy for %c0' if row.endswith(':proxy') else ''})"
-            console.print(Text(f"  {label}: ", style="bold") + Text(f"{v['verdict']} - {v['why']}"))
+            report.print(Text(f"  [{k}] kernel cell not run: {why}"))
+        report.verdict("Verdict:", [f"{row.removesuffix(':proxy')} ({v['figure']}"
+                                    f"{', proxy for %c0' if row.endswith(':proxy') else ''}): {v['verdict']} - {v['why']}"
+                                    for row, v in doc["verdicts"].get(table, {}).items()])
     if disturbed:
-        console.print(f"* includes a run during which other processes used >= 0.3 of a core of the VM's CPUs: "
-                      f"{', '.join(sorted(disturbed))}")
+        report.print(f"* includes a run during which other processes used >= 0.3 of a core of the VM's CPUs: "
+                     f"{', '.join(sorted(disturbed))}")
     if not doc["checks"]["ok"]:
-        console.print(Text("Checks FAILED: " + "; ".join(doc["checks"]["failures"]), style="bold red"))
+        report.print(Text("Checks FAILED: " + "; ".join(doc["checks"]["failures"]), style="bold red"))
 
 
 def summary_csv(doc: dict, table: str) -> str:
@@ -119,38 +116,6 @@ def summary_csv(doc: dict, table: str) -> str:
     return buf.getvalue()
 
 
-def plot(path: str, doc: dict, table: str) -> None:
-    """Per row a panel: each config's measured median with its min-max, and its quoted figure drawn
-    as a labelled range (a band; a line where the quote is one number)."""
-    plt = plots.pyplot()
-    rows = [r for r in ROWS if r.table == table]
-    panels = [(r, r.figure) for r in rows] + ([(rows[0], "pct_of_host")] if table == "guest2019" else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
-    for ax, (row, metric) in zip(axes[0], panels):
-        cells = doc["summary"].get(table, {}).get(row.key, {})
-        quoted = QUOTED[table]["pct_of_host" if metric == "pct_of_host" else row.key]
-        for x, config in enumerate(row.configs):
-            lo, hi = quoted[config]
-            ax.fill_between([x - 0.35, x + 0.35], lo, hi if hi > lo else lo * 1.002, color="0.8", zorder=0,
-                            label="quoted" if x == 0 else None)
-            ax.annotate(f"quoted {lo:g}" + (f"-{hi:g}" if hi != lo else ""), (x, hi), textcoords="offset points",
-                        xytext=(0, 3), ha="center", fontsize=7, color="0.35")
-            shown = ((metric, "o", "C0", "measured (median, min-max)"),) + (
-                (("vcpu_cpu_pct", "s", "C1", "vCPU process's own CPU"),) if metric == "c0_pct" else ())
-            for m, fmt, color, label in shown:
-                s = cells.get(config, {}).get(m)
-                if s and s["median"] is not None:
-                    ax.errorbar([x], [s["median"]], yerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]],
-                                fmt=fmt, color=color, capsize=4, label=label if x == 0 else None)
-        ax.set_xticks(range(len(row.configs)))
-        ax.set_xticklabels([CONFIG_LABELS[c].split(" (")[0] for c in row.configs], fontsize=7)
-        ax.set_title(LABELS[metric] if metric == "pct_of_host" else row.label, fontsize=8)
-        if metric == "c0_pct":
-            ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    plots.save(plt, fig, path)
-
-
 def write(out: str, doc: dict) -> list[str]:
     os.makedirs(out, exist_ok=True)
     files = []
@@ -158,7 +123,7 @@ def write(out: str, doc: dict) -> list[str]:
         if table not in QUOTED:
             continue
         atomic_write(os.path.join(out, f"{table}.csv"), summary_csv(doc, table))
-        plot(os.path.join(out, f"{table}.png"), doc, table)
+        plots.table_plot(os.path.join(out, f"{table}.png"), doc, table, CONFIG_LABELS, LABELS)
         files += [f"{table}.csv", f"{table}.png"]
     doc["files"] = ["results.json"] + files
     write_json(os.path.join(out, "results.json"), doc)  # last: its presence means the folder is complete

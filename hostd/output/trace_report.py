@@ -10,7 +10,9 @@ import os
 import numpy as np
 
 from hostd.output import plots
+from hostd.output.console import DEFAULT_WIDTH, Column
 from hostd.output.replay_text import format_rows
+from hostd.plumbing.formats import RESULTS_FORMAT_VERSION
 from hostd.plumbing.output import atomic_write, write_json
 
 KERNEL, OPTIMUM = "kernel (traced)", "optimum (fixed)"
@@ -36,7 +38,7 @@ def _budget_cell(name: str, s: dict) -> str:
     return _n(s.get("budget_ns_mean"))
 
 
-def _table(scope: dict) -> list[str]:
+def _rows(scope: dict) -> list[dict]:
     rows = []
     o = scope["optimum"]
     for name, s in scope["policies"].items():
@@ -52,7 +54,12 @@ def _table(scope: dict) -> list[str]:
                  "ended polling": "-" if o["success_ratio"] is None else f"{o['success_ratio']:.1%}",
                  "blocked": "", "poll CPU/halt ns": "", "cost/halt ns": _n(o["cost_per_halt_ns"]),
                  "over optimum": "0"})
-    out = ["  " + line for line in format_rows(rows, numbered=False, left=1)]
+    return rows
+
+
+def _table_notes(scope: dict) -> list[str]:
+    o = scope["optimum"]
+    out = []
     if KERNEL in scope["policies"]:
         out.append(f"  {KERNEL}: its budgets rebuilt from its decisions, its outcomes as traced; a blocked "
                    f"halt counts its whole budget (an upper bound: a poll stops early when another task is runnable)")
@@ -91,7 +98,8 @@ def _kernel_lines(k: dict) -> list[str]:
     return lines
 
 
-def format_report(doc: dict) -> list[str]:
+def _blocks(doc: dict) -> list:
+    """The report in order: its lines (str) and its tables (lists of rows)."""
     t, kp = doc["trace"], doc["kernel_params"]
     total = doc["total"]
     extra = []
@@ -127,8 +135,34 @@ def format_report(doc: dict) -> list[str]:
         out += ["", f"{title}: {s['halts']:,} halt{'s' if s['halts'] != 1 else ''}, p50 {_us(h['p50'])}, "
                     f"p99 {_us(h['p99'])}; "
                     f"the kernel blocked {s['waited']:,}, caught {s['halts'] - s['waited']:,} while polling",
-                *_table(s), *_kernel_lines(s["kernel"])]
+                _rows(s), *_table_notes(s), *_kernel_lines(s["kernel"])]
     return out
+
+
+def format_report(doc: dict, width: int = DEFAULT_WIDTH) -> list[str]:
+    """The report's lines, its tables split to `width` where they are wider."""
+    out: list[str] = []
+    for block in _blocks(doc):
+        if isinstance(block, list):
+            out += ["  " + line if line else "" for line in format_rows(block, numbered=False, left=1, width=width - 2)]
+        else:
+            out.append(block)
+    return out
+
+
+def print_report(doc: dict, report) -> None:
+    """The report into a report object (hostd.output.markdown's): the tables as tables."""
+    from rich.text import Text  # lazy: rich costs start-up time every hostd command would pay; only printing needs it
+
+    for block in _blocks(doc):
+        if isinstance(block, list):
+            keys = list(block[0])
+            report.table("", [Column(keys[0], "left")], [[Column(k) for k in keys[1:]]],
+                         [list(r.values()) for r in block])
+        elif block.strip():
+            report.print(Text(block.strip()))
+
+
 
 
 # --- files -----------------------------------------------------------------------------------------
@@ -148,7 +182,7 @@ def write_out(out: str, doc: dict, halts: np.ndarray) -> None:
         w.writerow([scope, pid, comm, OPTIMUM, o["halts_used"], o["budget_ns"], "", "", "",
                     _csv_num(o["cost_per_halt_ns"]), 0])
     atomic_write(os.path.join(out, "summary.csv"), buf.getvalue())
-    write_json(os.path.join(out, "replay.json"), doc)
+    write_json(os.path.join(out, "replay.json"), {"format_version": RESULTS_FORMAT_VERSION, **doc})
     t = doc["total"]
     marks = []
     for name, p in t["policies"].items():

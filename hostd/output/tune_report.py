@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io as _io
 
+from hostd.output.console import Column, report_for
 from hostd.output.intervals import compact, si
 from hostd.plumbing import calibration, neighbour
 
@@ -73,24 +74,29 @@ def points_csv(points: list[dict], rec_budget: int) -> str:
     return buf.getvalue()
 
 
-def print_report(doc: dict, out) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+def figure_label(workload: str, figure: str) -> str:
+    """What tune's figure is, in the words of its workload."""
+    if workload == "io":
+        return "O_DSYNC writes/s"
+    what = {"timer": "timer wake - deadline", "rr": "rr round trip"}.get(workload, "tick wake latency")
+    return f"{what} {figure} (ns)"
 
-    console = Console(file=out, width=None if out.isatty() else 150)
+
+def print_report(doc: dict, out, width: int | None = None) -> None:
+    """Into `out`: a report (hostd.output.console, hostd.output.markdown) or a stream, at `width`."""
+    from rich.text import Text  # lazy: rich costs start-up time every hostd command would pay; only printing needs it
+
+    report = report_for(out, width)
     hib = doc["higher_is_better"]
     secs = doc["measured_s_per_point"]
     more = f" ({doc['duration_s']:g} s, then measured longer: not enough halts)" if doc["rounds"] else ""
-    t = Table(title=f"hostd tune --workload {doc['workload']}: policy fixed, {secs:g} s per point{more}, "
-              f"{doc['vcpus']} vCPU(s); figures: value [95% interval], ? = unbounded", title_justify="left")
     wakes = [k for k in ("wake_p50_ns", "wake_p99_ns") if hib or k != f"wake_{doc['figure']}_ns"]
     nb = doc.get("neighbour")
-    for col in ("halt_poll_ns", doc["figure_label"], "share of best", "poll success", "host CPU / vCPU",
-                *(("neighbour lost",) if nb else ()), "halts (/s)", *(f"wake {k[5:8]} ns" for k in wakes)):
-        t.add_column(col, justify="right")
+    cols = [Column(c) for c in (doc["figure_label"], "share of best", "poll success", "host CPU / vCPU",
+                                *(("neighbour lost",) if nb else ()), "halts (/s)", *(f"wake {k[5:8]} ns" for k in wakes))]
     rec = doc["recommendation"]
     number = (lambda x: f"{x:,.0f}") if hib else si
+    rows = []
     for p in doc["points"]:
         mark = " *" if p["budget_ns"] == rec["budget_ns"] else ""
         rate = "-" if p["halts_per_s"] is None else f"{p['halts_per_s']:,.{1 if p['halts_per_s'] < 10 else 0}f}"
@@ -99,37 +105,39 @@ def print_report(doc: dict, out) -> None:
                  pct_ci(p["success_ratio"]), pct(p["host_cpu_frac_per_vcpu"], 2),
                  *((("-" if lost is None else f"{lost:.3f} cores"),) if nb else ()), f"{p['halt_exits']:,} ({rate})",
                  *(compact(p[k], si) for k in wakes))
-        t.add_row(*(Text(c) for c in cells))  # Text: brackets are data here, not rich markup
-    console.print(t)
+        rows.append([Text(c) for c in cells])  # Text: brackets are data here, not rich markup
+    report.table(f"hostd tune --workload {doc['workload']}: policy fixed, {secs:g} s per point{more}, "
+                  f"{doc['vcpus']} vCPU(s); figures: value [95% interval], ? = unbounded",
+                  [Column("halt_poll_ns")], [cols], rows)
     if nb:
-        console.print(f"neighbour: {neighbour.label(nb['duty'], nb['period_ns'])} on each vCPU's CPU; "
+        report.print(f"neighbour: {neighbour.label(nb['duty'], nb['period_ns'])} on each vCPU's CPU; "
                       "'neighbour lost' is the CPU it got alone (before the vCPUs ran) less what it got beside "
                       "them, in cores")
     if doc["backend"] == "emu":
-        console.print(f"emulator calibration: {calibration.name_of(doc['calibration'])}")
+        report.print(f"emulator calibration: {calibration.name_of(doc['calibration'])}")
     idle = rec["idle_cost"]
     label = verdict_label(rec)
-    console.print(Text("Recommendation: ", style="bold") + Text(
+    report.print(Text("Recommendation: ", style="bold") + Text(
         f"halt_poll_ns = {rec['budget_ns']:,} ({budget_label(rec['budget_ns'])}){': ' + label if label else ''}; "
         f"{rec['reason']}. Poll success there {pct_ci(rec['success_ratio'])}. "
         f"Cost per idle vCPU at that budget: {pct(idle['cpu_frac_per_vcpu'], 2)} of a core ({idle['from']}"
         + (f", tick {idle['tick_hz']:g} Hz" if "tick_hz" in idle else "") + ")."))
-    console.print(Text("The test: ", style="bold") + Text(doc["recommendation"]["test"]))
+    report.print(Text("The test: ", style="bold") + Text(doc["recommendation"]["test"]))
     o = doc["optimum"]
     if o.get("budget_ns") is None:
-        console.print(f"Offline optimum: {o.get('note', 'not computed')}")
+        report.print(f"Offline optimum: {o.get('note', 'not computed')}")
         return
-    t = Table(title=f"Offline optimum over {o['halts_used']:,} recorded halts (halt p50 {o['halt_p50_ns']:,.0f} ns): "
-              f"block-path penalty P = {o['penalty_ns']:,.0f} ns ({o['penalty_from']})", title_justify="left")
-    for col in ("policy (replayed)", "cost / halt ns", "over optimum", "poll success", "poll CPU / halt ns"):
-        t.add_column(col, justify="right" if col != "policy (replayed)" else "left")
+    rows = []
     for r in o["policies"]:
         ratio = r["over_optimum_ratio"]
-        t.add_row(r["policy"] + ("  <- optimum" if r["is_optimum"] else ""), f"{r['cost_per_halt_ns']:,.0f}",
-                  f"+{r['over_optimum_ns']:,.0f} ns" + (f" ({ratio:.2f}x)" if ratio is not None else ""),
-                  pct(r["success_ratio"]), f"{r['poll_cpu_per_halt_ns']:,.0f}")
-    console.print(t)
-    console.print(Text("Offline optimum: ", style="bold") + Text(
+        rows.append([r["policy"] + ("  <- optimum" if r["is_optimum"] else ""), f"{r['cost_per_halt_ns']:,.0f}",
+                     f"+{r['over_optimum_ns']:,.0f} ns" + (f" ({ratio:.2f}x)" if ratio is not None else ""),
+                     pct(r["success_ratio"]), f"{r['poll_cpu_per_halt_ns']:,.0f}"])
+    report.table(f"Offline optimum over {o['halts_used']:,} recorded halts (halt p50 {o['halt_p50_ns']:,.0f} ns): "
+                  f"block-path penalty P = {o['penalty_ns']:,.0f} ns ({o['penalty_from']})",
+                  [Column("policy (replayed)", "left")],
+                  [[Column(c) for c in ("cost / halt ns", "over optimum", "poll success", "poll CPU / halt ns")]], rows)
+    report.print(Text("Offline optimum: ", style="bold") + Text(
         f"fixed halt_poll_ns = {o['budget_ns']:,} ({budget_label(o['budget_ns'])}) at {o['cost_per_halt_ns']:,.0f} ns "
         f"per halt (cost = poll CPU + P per blocked halt)."
         + (" A 1 ns budget only catches halts whose interrupt was already pending at HLT: in practice, do not "

@@ -148,6 +148,7 @@ def compute(cur: dict, prev: dict | None, pattern: re.Pattern | None) -> dict:
         vms.append({
             "id": vm["id"], "workload": vm["workload"], "policy": vm["policy"], "host_policy": vm["host_policy"],
             "params": vm["params"], "uptime_s": vm["uptime_s"], "interval_ns": vm.get("interval_ns"),
+            "rr_service_ns": vm.get("rr_service_ns"),
             "totals": {k: x for k, x in totals.items() if keep(k)},
             "rates": {k: x for k, x in rates.items() if keep(k)},
             "vcpus": vcpus,
@@ -262,6 +263,8 @@ def param_text(vm: dict) -> str:
     text = " ".join(f"{k}={p[k]:g}" if isinstance(p[k], float) else f"{k}={p[k]}" for k in keys)
     if vm.get("interval_ns"):
         text += f" interval_us={vm['interval_ns'] // 1000}"
+    if vm.get("rr_service_ns") is not None:  # 0 is a setting too: the device answers at once
+        text += f" rr_service_us={vm['rr_service_ns'] / 1000:g}"
     return text.strip() or "-"
 
 
@@ -335,8 +338,6 @@ def main(args: argparse.Namespace) -> int:
         sys.stderr.write(f"hostd stat: {exc}\n")
         return 1
     except KeyboardInterrupt:
-        return 0
-    except BrokenPipeError:
         return 0
 
 

@@ -33,6 +33,7 @@ import sys
 from hostd.commands.calibrate import kvm_probe, sched_probe
 from hostd.plumbing import calibration
 from hostd.plumbing.errors import UsageError
+from hostd.plumbing.output import check_out_file
 from hostd.plumbing.spec import parse_float, parse_int
 from vcpu.kvm import kvm_api
 
@@ -180,6 +181,7 @@ def main(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"hostd: calibrate: no profile (needs /dev/kvm: {exc}); the emulator runs raw\n")
             return 0
         raise UsageError(f"calibrate needs /dev/kvm: {exc}") from None
+    check_out_file(out, "--out")  # here: with --if-missing where /dev/kvm is unusable nothing is written
     if old is not None:
         sys.stderr.write(f"hostd: calibrate: {outdated}: measuring again\n")
     rounds = measure(seconds, repeat, lambda line: sys.stderr.write(f"hostd: calibrate {line}\n"))
