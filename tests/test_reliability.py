@@ -17,6 +17,7 @@ from hostd.plumbing.errors import UsageError
 from hostd.plumbing.output import write_json
 from hostd.measure.window import spec_from_args
 from vcpu import abi
+from vcpu.policy import HALT_POLL_NS_GROW_DEFAULT
 
 from .conftest import ROOT
 
@@ -105,8 +106,10 @@ def test_soak(hostd):
                 if name in abi.GAUGES:
                     continue
                 assert b[name] >= a[name], f"counter {name} went backwards: {a[name]} -> {b[name]}"
-            # A cap change applies at the next halt, so the budget may sit above the new cap until then.
-            assert 0 <= b["halt_poll_ns"] <= max(SOAK_CAPS_NS)
+            # A cap change applies at the next halt, so the budget may sit above the new cap until then;
+            # and upstream's grow_halt_poll_ns does not clamp: a budget under the cap grows past it (to
+            # at most grow x the cap: 1.28 ms -> 2.56 ms under 2 ms), clamped at the next HLT.
+            assert 0 <= b["halt_poll_ns"] < HALT_POLL_NS_GROW_DEFAULT * max(SOAK_CAPS_NS)
             assert b["guest_halt_poll_ns"] == 0  # adaptive: no guest governor
             moves["up"] += b["halt_poll_ns"] > a["halt_poll_ns"]
             moves["down"] += b["halt_poll_ns"] < a["halt_poll_ns"]
