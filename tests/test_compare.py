@@ -26,6 +26,12 @@ def _core(s: dict) -> dict:
     return {k: s[k] for k in ("median", "min", "max", "n")}
 
 
+def _verdict(*args, **kw) -> str:
+    """The seed's verdict as one text: its claims, then its notes."""
+    claims, notes = compare_summary.verdict_lines(*args, **kw)
+    return " ".join(claims + notes)
+
+
 def test_summarize_is_median_with_min_max_and_skips_missing() -> None:
     assert _core(stats.summarize([3.0, 1.0, 2.0])) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
     assert _core(stats.summarize([4, 1, None, 2, 10])) == {"median": 3.0, "min": 1, "max": 10, "n": 4}
@@ -118,7 +124,7 @@ MEDIANS = {
 
 
 def test_verdict_is_computed_from_the_numbers() -> None:
-    v = compare_summary.verdict(MEDIANS, fixed_ns=770_380, overcommit=True, cores=2)
+    v = _verdict(MEDIANS, fixed_ns=770_380, overcommit=True, cores=2)
     assert "770 us" in v
     assert "reached 97% of idle-poll's writes/s (seed: 99%)" in v
     assert "3.2x the 2,000 writes/s of no polling (30% of idle-poll)" in v
@@ -135,22 +141,22 @@ def test_verdict_follows_other_numbers() -> None:
     m = json.loads(json.dumps(MEDIANS))
     m["io"]["fixed"]["pct_of_idle_poll"] = 60.0
     m["idle"]["fixed"]["cpu_pct_per_vcpu"] = 0.4
-    v = compare_summary.verdict(m, fixed_ns=1_000_000)
+    v = _verdict(m, fixed_ns=1_000_000)
     assert "reached 60% of idle-poll" in v
     assert "is not reproduced here, at an idle cost below the seed's" in v
     assert "overcommitted" not in v
     m["io"]["fixed"]["pct_of_idle_poll"] = 85.0
     m["idle"]["fixed"]["cpu_pct_per_vcpu"] = 3.0
-    v = compare_summary.verdict(m, fixed_ns=1_000_000)
+    v = _verdict(m, fixed_ns=1_000_000)
     assert "is largely reproduced here, at an idle cost above" in v
     m["io"]["fixed"]["pct_of_idle_poll"] = 300.0  # idle-poll starved by a neighbour
-    v = compare_summary.verdict(m, fixed_ns=1_000_000)
+    v = _verdict(m, fixed_ns=1_000_000)
     assert "probably starved of its CPU" in v and "reproduced here" not in v
     # ...unless the calibration charges idle=poll the kernel's injection into a running vCPU.
-    v = compare_summary.verdict(m, fixed_ns=1_000_000, running_inject_ns=446_000)
+    v = _verdict(m, fixed_ns=1_000_000, running_inject_ns=446_000)
     assert "charges each interrupt into a running vCPU the 446 us" in v and "starved" not in v
     # Missing cells never crash the verdict.
-    assert "n/a" in compare_summary.verdict({"io": {"fixed": {}}}, fixed_ns=1)
+    assert "n/a" in _verdict({"io": {"fixed": {}}}, fixed_ns=1)
 
 
 def _summary(fixed: list[float], none: list[float]) -> dict:
@@ -165,7 +171,7 @@ def _summary(fixed: list[float], none: list[float]) -> dict:
 
 def test_verdict_calls_overlapping_cells_indistinguishable() -> None:
     s = _summary([5000.0, 9000.0, 2000.0], [4000.0, 3000.0, 5000.0])  # medians 5,000 vs 4,000, wide spread
-    v = compare_summary.verdict(compare_summary.medians(s), fixed_ns=1_000_000, summary=s)
+    v = _verdict(compare_summary.medians(s), fixed_ns=1_000_000, summary=s)
     assert "indistinguishable here from the 4,000 writes/s of no polling" in v and "1.2x" not in v
     assert "without polling (indistinguishable here; seed: 1.5-2.5%)" in v
     assert "5,000 cycles with fixed vs 4,000 cycles without polling, indistinguishable here" in v
@@ -174,11 +180,11 @@ def test_verdict_calls_overlapping_cells_indistinguishable() -> None:
 
 def test_verdict_orders_cells_whose_intervals_are_apart() -> None:
     s = _summary([9000.0, 9100.0, 8900.0], [3000.0, 3050.0, 2950.0])
-    v = compare_summary.verdict(compare_summary.medians(s), fixed_ns=1_000_000, summary=s)
+    v = _verdict(compare_summary.medians(s), fixed_ns=1_000_000, summary=s)
     assert "3.0x the 3,000 writes/s of no polling" in v and "indistinguishable" not in v
     # A single run per cell has no interval: the ordering stays, with a caution.
     one = _summary([9000.0], [3000.0])
-    v = compare_summary.verdict(compare_summary.medians(one), fixed_ns=1_000_000, summary=one)
+    v = _verdict(compare_summary.medians(one), fixed_ns=1_000_000, summary=one)
     assert "3.0x the 3,000 writes/s" in v and "One run per cell has no interval across repeats" in v
 
 

@@ -49,7 +49,7 @@ def test_cells_pair_each_kernel_figure_with_its_ratio():
 
 
 def test_verdict_says_how_far_the_emulators_gain_is_from_the_kernels():
-    text = side_by_side.verdict(EMU, KVM)
+    text = " ".join(side_by_side.verdict_lines(EMU, KVM))
     assert "4,500 writes/s against 3,500" in text and "an idle=poll guest made 1,700 (fixed: 265% of it)" in text
     assert "40,000 cycles with polling and 88,000 without (2.2x)" in text
     assert "the emulator shows 66x, 30 times the kernel's gain" in text

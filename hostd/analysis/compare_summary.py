@@ -90,12 +90,6 @@ def verdict_lines(m: dict, fixed_ns: int, overcommit: bool = False, cores: int |
     return seed_lines(m, fixed_ns, overcommit, cores, pairs, running_inject_ns)
 
 
-def verdict(*args, **kw) -> str:
-    """verdict_lines' claims and notes as one paragraph."""
-    claims, notes = verdict_lines(*args, **kw)
-    return " ".join(claims + notes)
-
-
 def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float) -> dict:
     """results.json: the configuration, each experiment's summary, the kernel's beside it, the
     verdict, the checks, and every run whole."""

@@ -99,6 +99,3 @@ def verdict_lines(emu: dict, kvm: dict) -> list[str]:
         parts.append(s + ".")
     return parts
 
-
-def verdict(emu: dict, kvm: dict) -> str:
-    return " ".join(verdict_lines(emu, kvm))
