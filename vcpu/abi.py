@@ -74,6 +74,7 @@ COUNTERS = (
     "lost_wakeup",
     "late_wakeup",  # the safety net fired first, but the kick did arrive within a grace period
     "halt_poll_preempted",  # failed polls cut short because another task wanted the CPU
+    "block_wake_excess_ns",  # blocked wakes' time beyond the kernel's resume (profile), kept from the policies
     "guest_halt_poll_success",
     "guest_halt_poll_fail",
     "guest_halt_poll_ns",  # the guest governor's current poll_limit_ns

@@ -20,7 +20,7 @@ BACKENDS = ("emu", "kvm")
 KVM_UNKNOWN = (
     "irq_coalesced", "spurious_wakeup", "lost_wakeup", "late_wakeup", "halt_poll_preempted", "halt_poll_ns",
     "guest_halt_poll_success", "guest_halt_poll_fail", "guest_halt_poll_ns", "guest_poll_ns", "idle_periods",
-    "timer_local", "ring_full",
+    "timer_local", "ring_full", "block_wake_excess_ns",
 )
 
 

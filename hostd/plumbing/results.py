@@ -12,7 +12,7 @@ STATS = (
     "halt_exits", "halt_attempted_poll", "halt_successful_poll", "halt_poll_invalid",
     "halt_wakeup", "halt_poll_success_ns", "halt_poll_fail_ns", "halt_wait_ns", "halt_poll_ns",
     "irq_injected", "irq_delivered", "irq_coalesced", "spurious_wakeup", "lost_wakeup", "late_wakeup",
-    "halt_poll_preempted", "ring_full",
+    "halt_poll_preempted", "block_wake_excess_ns", "ring_full",
 )
 EXTRA_STATS = (
     "guest_halt_poll_success", "guest_halt_poll_fail", "guest_halt_poll_ns", "guest_poll_ns",

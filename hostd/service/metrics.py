@@ -38,6 +38,7 @@ HELP = {
     "halt_successful_poll": "halts that an interrupt ended inside the poll budget",
     "halt_poll_invalid": "successful polls whose wakeup was invalid (always 0 on x86, as in KVM)",
     "halt_poll_preempted": "failed polls cut short because another task wanted the CPU (need_resched stand-in)",
+    "block_wake_excess_ns": "blocked wakes' time beyond the kernel's (calibration profile), not shown to the policies",
     "halt_wakeup": "wakeups from the blocked state",
     "halt_poll_success_ns": "time spent in successful polls",
     "halt_poll_fail_ns": "time spent in failed polls",

@@ -24,6 +24,9 @@ class Costs(NamedTuple):
     submit_ns: int = 0       # the io and rr submit: a port write the kernel turns into an eventfd signal
                              # (KVM_IOEVENTFD), exit to re-entry
     timer_eoi_ns: int = 0    # eoi_ns for the TSC-deadline ISR (less the next arm, spent apart)
+    resume_ns: int = 0       # the kernel's blocked vCPU thread runs again this long after its interrupt: its
+    timer_resume_ns: int = 0  # blocked wake less a polled one (the entry and injection both pay); its halt_ns
+                              # ends there. 0: the raw emulator's halt is its own
 
     @classmethod
     def of(cls, exit_cost_ns: int, profile_costs: dict | None) -> Costs:
@@ -39,7 +42,9 @@ class Costs(NamedTuple):
                    half + max(0, c["block_wake_ns"] - c["block_penalty_ns"]),
                    half + max(0, c["timer_block_wake_ns"] - c["timer_block_penalty_ns"]),
                    c["running_inject_ns"], max(0, c["isr_exit_ns"] - c["submit_exit_ns"]), trip,
-                   c["submit_exit_ns"], max(0, c["timer_isr_exit_ns"] - trip))
+                   c["submit_exit_ns"], max(0, c["timer_isr_exit_ns"] - trip),
+                   max(0, c["block_wake_ns"] - c["poll_wake_ns"]),
+                   max(0, c["timer_block_wake_ns"] - c["timer_poll_wake_ns"]))
 
 
 def spin_until(end_ns: int) -> None:

@@ -14,6 +14,7 @@ def run_timer(v: VCpu, interval_ns: int) -> None:
     """TSC-deadline test: arm a deadline, halt, measure wake - deadline (recorded by VCpu)."""
     now = time.monotonic_ns
     while True:
+        v.settle()
         v.arm_timer(now() + interval_ns)
         if not v.idle():
             return
@@ -22,6 +23,7 @@ def run_timer(v: VCpu, interval_ns: int) -> None:
 def run_io(v: VCpu, sub: Submitter) -> None:
     """Latency-bound synchronous writes: submit one, halt until its completion interrupt."""
     while True:
+        v.settle()
         sub.submit()
         if not v.idle():
             return
@@ -56,6 +58,7 @@ def run_rr(v: VCpu, sub: Submitter, trips: RoundTrips) -> None:
     exit cost and the exactly-once bookkeeping included, as a guest's ISR would be)."""
     now = time.monotonic_ns
     while True:
+        v.settle()
         t0 = now()
         sub.submit()
         if not v.idle():
@@ -65,8 +68,10 @@ def run_rr(v: VCpu, sub: Submitter, trips: RoundTrips) -> None:
 
 def run_idle(v: VCpu) -> None:
     """An idle guest: nothing to do but take the timer tick the device injects."""
-    while v.idle():
-        pass
+    while True:
+        v.settle()
+        if not v.idle():
+            return
 
 
 def run(workload: str, v: VCpu, sub: Submitter | None, interval_ns: int, trips: RoundTrips | None = None) -> None:
