@@ -106,6 +106,14 @@ def test_schedule_interleaves_policies_and_rotates_their_order() -> None:
     assert plan.policy_spec("adaptive").halt_poll_ns == 200_000
     assert plan.policy_spec("guest-haltpoll").host_policy == "none"
     assert plan.vm_spec("idle", "none").vcpus == 4
+    # io's adaptive cell, bistable on a disk whose halts sit near the cap, takes more runs: after the
+    # other cells' repeats, that cell alone, on every backend back to back.
+    plan.io_adaptive_repeat, plan.backends = 4, ("emu", "kvm")
+    sched = plan.schedule()
+    assert len(sched) == 2 * (5 + 5 + 3) + 2
+    assert sched[-2:] == [(3, "io", "adaptive"), (4, "io", "adaptive")]
+    assert plan.cells()[-4:] == [(3, "io", "adaptive", "emu"), (3, "io", "adaptive", "kvm"),
+                                 (4, "io", "adaptive", "emu"), (4, "io", "adaptive", "kvm")]
 
 
 MEDIANS = {

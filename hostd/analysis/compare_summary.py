@@ -135,6 +135,7 @@ def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float)
             "quick": plan.quick,
             "backends": list(plan.backends),
             "repeat": plan.repeat,
+            "io_adaptive_repeat": plan.repeats("io", "adaptive"),
             "durations_s": plan.durations,
             "side_durations_s": plan.side_durations if len(plan.backends) > 1 else None,
             "tick_hz": plan.tick_hz,
@@ -145,7 +146,8 @@ def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float)
             "adaptive_halt_poll_ns": KVM_HALT_POLL_NS_DEFAULT,
             "host_cpus": cpus,
             "placement": place_,
-            "order": "repeat outermost; experiments io, idle, timer; policy order rotated by one each repeat; then "
+            "order": "repeat outermost; experiments io, idle, timer; policy order rotated by one each repeat; io "
+                     "adaptive's extra repeats after them; then "
                      "the neighbour experiment (its own order: see neighbour.config)",
             "disturbed_foreign_cores": DISTURBED,
             "disturbed_preempted_polls": PREEMPTED_POLLS,

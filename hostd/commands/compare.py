@@ -30,7 +30,7 @@ from hostd.analysis.compare_summary import build_document
 from hostd.commands import tables
 from hostd.measure import beside_neighbour
 from hostd.measure.cells import measure_all
-from hostd.measure.compare_plan import DURATIONS, EXPERIMENTS, Plan
+from hostd.measure.compare_plan import DURATIONS, EXPERIMENTS, IO_ADAPTIVE_REPEAT, Plan
 from hostd.measure.window import Terminated, on_sigterm
 from hostd.output import compare_csv, fidelity_table, plots
 from hostd.output.compare_tables import print_tables
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"runs per cell; each cell shows their median and min-max (default {DEFAULT_REPEAT}, "
                    f"or 1 with --quick; beside a neighbour {neighbour_cases.REPEAT}, adaptive's "
                    f"{neighbour_cases.ADAPTIVE_REPEAT[False]} ({neighbour_cases.ADAPTIVE_REPEAT[True]} with --quick), "
-                   "unless given)")
+                   f"io's adaptive cell {IO_ADAPTIVE_REPEAT} (1 with --quick), unless given)")
     p.add_argument("--tick-hz", default=str(DEFAULT_TICK_HZ), metavar="HZ",
                    help=f"idle guest tick per vCPU (default {DEFAULT_TICK_HZ}: a NOHZ Linux guest, ~10 halts/s "
                    "for 4 vCPUs; 100 for a Windows-like guest)")
@@ -120,7 +120,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                 neighbour_repeat=neighbour_cases.REPEAT if args.repeat is None else repeat,
                 neighbour_adaptive_repeat=neighbour_cases.ADAPTIVE_REPEAT[bool(args.quick)] if args.repeat is None
                 else repeat,
-                neighbour_duration=neighbour_cases.DURATION_S[bool(args.quick)])
+                neighbour_duration=neighbour_cases.DURATION_S[bool(args.quick)],
+                io_adaptive_repeat=IO_ADAPTIVE_REPEAT if args.repeat is None and not args.quick else 0)
 
 
 def _backends(text: str) -> tuple[tuple[str, ...], str | None]:

@@ -97,7 +97,7 @@ class Job(NamedTuple):
 
 def jobs(plan: Plan) -> list[Job]:
     """Every run of the plan in order: the seed's cells (plan.cells()), then beside_neighbour's."""
-    out = [Job(run_id(e, p, r, b), e, e, p, r, b, None, f"{b} {e:<5} {p:<14} repeat {r}/{plan.repeat}",
+    out = [Job(run_id(e, p, r, b), e, e, p, r, b, None, f"{b} {e:<5} {p:<14} repeat {r}/{plan.repeats(e, p)}",
                plan.duration(e, b) + CELL_OVERHEAD_S, partial(plan.vm_spec, e, p, b), run_metrics, _brief)
            for r, e, p, b in plan.cells()]
     for c in beside_neighbour.cells(plan):
@@ -142,7 +142,8 @@ def measure_all(plan: Plan, progress: bool) -> tuple[list[dict], dict]:
     with Progress([j.weight for j in todo] + [bare_w] * len(bare_metal.MODES) * plan.repeat, progress) as bar:
         for k, job in enumerate(todo, 1):
             rep, exp, pol, backend, weight = job.repeat, job.experiment, job.policy, job.backend, job.weight
-            if exp == "io" and not any(r["experiment"] == "bare-metal" and r["repeat"] == rep for r in runs):
+            if (exp == "io" and rep <= plan.repeat
+                    and not any(r["experiment"] == "bare-metal" and r["repeat"] == rep for r in runs)):
                 runs += bare_metal.measure_repeat(rep, plan.durations["io"], plan.tsc_khz, bar, bare_w)
             ours = job.neighbour is not None
             attempts = []

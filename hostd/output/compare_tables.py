@@ -21,6 +21,7 @@ def print_tables(doc: dict, out, width: int | None = None) -> None:
     report = report_for(out, width)
     cfg, s = doc["config"], doc["summary"]
     reps = cfg["repeat"]
+    io_adaptive = f" (io adaptive: {cfg['io_adaptive_repeat']})" if cfg.get("io_adaptive_repeat", reps) != reps else ""
     disturbed = set(doc.get("disturbed_runs", []))
 
     def name(exp: str, pol: str) -> str:
@@ -40,7 +41,7 @@ def print_tables(doc: dict, out, width: int | None = None) -> None:
         return Column("seed (2015)", "left", "dim italic")
 
     report.print(
-        f"[bold]hostd compare[/bold]: median of {reps} run(s) per cell{', --quick' if cfg['quick'] else ''}; "
+        f"[bold]hostd compare[/bold]: median of {reps} run(s) per cell{io_adaptive}{', --quick' if cfg['quick'] else ''}; "
         f"fixed = {SEED_HALT_POLL_CYCLES:,} cycles = {cfg['fixed_halt_poll_ns']:,} ns at {cfg['tsc_khz']:,} kHz; "
         f"adaptive max {cfg['adaptive_halt_poll_ns']:,} ns; [italic]seed[/italic] = the 2015 patch's quoted figures, "
         f"not measured here")
