@@ -107,12 +107,6 @@ def test_bench_quick(tmp_path: Path) -> None:
             # The runs behind it must still have injected something.
             assert all(r["injected_per_s"] > 0 for r in f["detail"]["runs"]), (key, f["detail"])
             continue
-        if key == "idle_cost" and f["detail"]["halt_poll_preempted"] > f["detail"]["halt_attempted_poll"] / 2:
-            # The run-queue stand-in ended most polls at their first looks (another task counted
-            # runnable somewhere on the machine): the extra CPU is then ~0 and may read below it.
-            # The bench prints that; the counters behind it must still show polls attempted.
-            assert f["detail"]["halt_attempted_poll"] > 0, (key, f["detail"])
-            continue
         assert isinstance(f["value"], (int, float)) and f["value"] > 0, (key, f["value"])
         if key == "timer" and not cyclictest:
             assert "missing" in f["floor_label"]

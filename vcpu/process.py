@@ -48,16 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is hostd's to handle
     cpus = spec["vcpu_cpus"]
     if cpus is not None:
-        # Pin before ZeroMQ starts its I/O thread, so that thread inherits the CPU too.
         psutil.Process().cpu_affinity([cpus[index]])
     words = abi.attach(spec["shm"])
     kvm = None
-    # Kicks are received by an I/O thread on this vCPU's core, as KVM's wake-up IPI lands
-    # there. The greeting and the reports go out through a second context whose I/O thread sits
-    # on the housekeeping CPU. Submits take neither: they are the ring and the eventfd (vcpu/emu/submit.py).
+    # Kicks are received by an I/O thread on the device's CPU, which wakes this one across CPUs
+    # as KVM's kick does (the irqfd's wake-up runs where the device writes it, then an IPI). On
+    # this vCPU's core, that thread stayed counted in nr_running after each kick it delivered
+    # (EEVDF's delayed dequeue keeps a sleeper with negative lag queued until its CPU next picks,
+    # and a polling vCPU never lets it), so /proc/loadavg ended ~every poll that followed a blocked
+    # wake (vcpu/emu/single_task.py: 150 of 151 on an idle guest); on the device's CPU the ghost
+    # goes as soon as that CPU idles. The greeting and the reports go out through a second context,
+    # its I/O thread there too. Submits take neither: they are the ring and the eventfd (vcpu/emu/submit.py).
     ctx = zmq.Context()
     out_ctx = zmq.Context()
     if spec["device_cpu"] is not None:
+        ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, spec["device_cpu"])
         out_ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, spec["device_cpu"])
     kick = ctx.socket(zmq.PULL)
     kick.bind(abi.kick_endpoint(args.run_dir, index))
