@@ -48,22 +48,27 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is hostd's to handle
     cpus = spec["vcpu_cpus"]
     if cpus is not None:
+        # Pin before ZeroMQ starts its I/O threads: one that is not given a CPU inherits this one.
         psutil.Process().cpu_affinity([cpus[index]])
     words = abi.attach(spec["shm"])
     kvm = None
-    # Kicks are received by an I/O thread on the device's CPU, which wakes this one across CPUs
-    # as KVM's kick does (the irqfd's wake-up runs where the device writes it, then an IPI). On
-    # this vCPU's core, that thread stayed counted in nr_running after each kick it delivered
+    # A vCPU alone on its core receives kicks on an I/O thread on the device's CPU, which wakes it
+    # across CPUs as KVM's kick does (the irqfd's wake-up runs where the device writes it, then an
+    # IPI). On the vCPU's core that thread stayed counted in nr_running after each kick it delivered
     # (EEVDF's delayed dequeue keeps a sleeper with negative lag queued until its CPU next picks,
     # and a polling vCPU never lets it), so /proc/loadavg ended ~every poll that followed a blocked
-    # wake (vcpu/emu/single_task.py: 150 of 151 on an idle guest); on the device's CPU the ghost
-    # goes as soon as that CPU idles. The greeting and the reports go out through a second context,
-    # its I/O thread there too. Submits take neither: they are the ring and the eventfd (vcpu/emu/submit.py).
+    # wake (vcpu/emu/single_task.py: 150 of 151 on an idle guest); on the device's CPU it goes as
+    # soon as that CPU idles. vCPUs sharing a core (overcommit) keep theirs there: they end each
+    # other's polls anyway, and their kicks on the device's CPU cost it the injections it must keep
+    # up (bench: 2 vCPUs' 50k/s schedule fell to 97% kept). The greeting and the reports go out
+    # through a second context on the device's CPU. Submits take neither: they are the ring and the
+    # eventfd (vcpu/emu/submit.py).
     ctx = zmq.Context()
     out_ctx = zmq.Context()
     if spec["device_cpu"] is not None:
-        ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, spec["device_cpu"])
         out_ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, spec["device_cpu"])
+        if cpus is not None and cpus.count(cpus[index]) == 1 and cpus[index] != spec["device_cpu"]:
+            ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, spec["device_cpu"])
     kick = ctx.socket(zmq.PULL)
     kick.bind(abi.kick_endpoint(args.run_dir, index))
     req = out_ctx.socket(zmq.PUSH)
