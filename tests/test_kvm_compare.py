@@ -137,7 +137,7 @@ def test_fidelity_keeps_only_explanations_with_a_condition_on_the_runs_figures()
     from hostd.analysis import fidelity
 
     assert set(fidelity.EXPLAINED) == {"idle.fixed", "idle.none", "idle.adaptive", "io.adaptive",
-                                       "io.adaptive.success", "timer.none.p99", "timer.fixed.p99"}
+                                       "timer.none.p99", "timer.fixed.p99"}
     for x in fidelity.EXPLAINED.values():
         assert callable(x.condition) and callable(x.text)
     # Narrative with nothing in the run to check it: a miss there is a plain ✗ with its numbers.
@@ -187,14 +187,19 @@ def test_fidelity_explains_io_adaptive_only_where_both_blocked_and_none_misses_t
     _plain_miss(run(4550.0, kvm_success=60.0))  # the kernel's adaptive polled successfully on most halts
 
 
-def test_fidelity_explains_io_adaptive_success_only_for_two_near_zero_shares():
-    def run(kvm_success: float):
-        emu = _cells("io", "adaptive", poll_success_pct=2.0)
+def test_fidelity_judges_successful_polls_in_points():
+    def run(emu_success: float, kvm_success: float):
+        emu = _cells("io", "adaptive", poll_success_pct=emu_success)
         kvm = _cells("io", "adaptive", poll_success_pct=kvm_success)
         return _fid(emu, kvm, "io.adaptive.success")
 
-    _explained(run(3.0), "below 10% (emulator 2%, kernel 3%)", "near-zero")
-    _plain_miss(run(60.0))  # the last run's kernel figure: not near zero, so no "nearly never" beside it
+    # Two small shares: 0.5x as a ratio, 2 points apart.
+    r = run(2.0, 4.0)
+    assert r["check"] == "points" and r["within"] and r["diff"] == -2.0 and fidelity_table.mark(r) == "✓", r
+    assert run(71.0, 81.0)["within"]  # -10 points
+    r = run(20.0, 60.0)
+    assert not r["within"] and r["why"] is None and r["diff"] == -40.0, r
+    assert "+-15 points" in fidelity_table.to_csv([r])
 
 
 def test_fidelity_explains_timer_none_p99_only_where_its_p50_is_within():

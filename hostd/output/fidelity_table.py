@@ -19,8 +19,10 @@ def summary_line(table: list[dict], profile: str) -> str:
     within = sum(r["within"] for r in measured)
     missed = [r["key"] for r in measured if not r["within"]]
     s = f"Fidelity, emulator calibration {profile}: {within} of {len(measured)} figures within {LOW}-{HIGH}x of the kernel's"
-    if any(r.get("check", "ratio") != "ratio" for r in measured):
-        s += f" (beside a neighbour: successful polls within ±{POINTS:g} points, CPU lost within ±{CORES:g} core)"
+    checks = {r.get("check", "ratio") for r in measured}
+    if "points" in checks:
+        s += f" (successful polls within ±{POINTS:g} points"
+        s += f"; beside a neighbour, its CPU lost within ±{CORES:g} core)" if "cores" in checks else ")"
     return s + (f"; outside: {', '.join(missed)}." if missed else ".")
 
 
