@@ -202,11 +202,13 @@ class VCpu:
                     self.stop_ns, self.off_cpu = t, False
                     return PREEMPTED
                 if rq is not None and not n & RUNQUEUE_CHECK_MASK and rq.others_runnable():
-                    if not rq.device_awake():
+                    if not rq.device_awake() and not self.siblings:
                         self.stop_ns, self.off_cpu = t, False
                         return PREEMPTED
-                    # The count may be the kernel's threads doing the device's write elsewhere: ask
-                    # this CPU itself. A yield hands it to a task waiting here; none, it returns at once.
+                    # The count may be the kernel's threads doing the device's write elsewhere, or,
+                    # where vCPUs share this core, their kick threads gone to sleep but still queued
+                    # here (vcpu/process.py): ask this CPU itself. A yield hands it to a task waiting
+                    # here; none, it returns at once, and a sleeper still queued is dequeued.
                     os.sched_yield()
                     last, t = t, now()
                     if t - last > PREEMPT_GAP_NS and self._switched():
