@@ -180,9 +180,9 @@ def rows(emu: dict, kvm: dict) -> list[dict]:
     out = []
     for key, exp, pol, metric, label in ROWS:
         check = "points" if key in POINTS_ROWS else "ratio"
-        r, d, ok = _judge(check, median_of(emu, exp, pol, metric), median_of(kvm, exp, pol, metric))
-        out.append({"key": key, "figure": label, "emu": median_of(emu, exp, pol, metric),
-                    "kvm": median_of(kvm, exp, pol, metric), "ratio": r, "diff": d, "check": check,
+        e, k = median_of(emu, exp, pol, metric), median_of(kvm, exp, pol, metric)
+        r, d, ok = _judge(check, e, k)
+        out.append({"key": key, "figure": label, "emu": e, "kvm": k, "ratio": r, "diff": d, "check": check,
                     "within": bool(ok), "why": None if ok or ok is None else explain(key, emu, kvm)})
     return out
 
