@@ -9,8 +9,9 @@ vcpu.kvm.kvm_guest's image): no KvmVm, no injector, no WriteDevice, no hostd.
 - submit: the port write signals an eventfd inside the kernel (KVM_IOEVENTFD; the vCPU never
   returns to us), or with --pipe it exits to this loop, which writes one byte to a pipe;
 - the device: a forked child on the housekeeping CPU, blocked on that eventfd (or pipe), doing
-  ONE 4 KiB os.pwrite to an O_DSYNC file (256 blocks cycled, as the project's device does), then
-  an eventfd write on the irqfd (GSI 0: the PIC's IRQ0, which the guest takes);
+  ONE 4 KiB os.pwrite to an O_DSYNC file (256 blocks, allocated before the run and cycled, as
+  the project's device does), then an eventfd write on the irqfd (GSI 0: the PIC's IRQ0, which
+  the guest takes);
 - the vCPU: this process's calling thread on the last allowed CPU, in KVM_RUN; a stopper thread
   ends it with immediate_exit and a signal.
 
@@ -166,6 +167,7 @@ def measure(cap_ns: int, seconds: float, pipe: bool = False, io_dir: str = DEFAU
     try:
         io_fd = os.open(path, os.O_RDWR | os.O_DSYNC | os.O_CLOEXEC)
         fds.append(io_fd)
+        os.pwrite(io_fd, bytes(BLOCK * IO_SPAN), 0)  # allocated first, as the device's: overwrites only
         irqfd = os.eventfd(0, os.EFD_CLOEXEC)
         fds.append(irqfd)
         if pipe:

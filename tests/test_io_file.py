@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import segments_of
 from hostd.plumbing import spec as spec_mod
 from hostd.plumbing.errors import UsageError
-from irqsrc.sources import io_base_dir
+from irqsrc.sources import BLOCK, IO_SPAN, WriteDevice, io_base_dir
 from vcpu import abi
 
 IO = ("run", "--workload", "io", "--vcpus", "1")
@@ -90,6 +90,21 @@ def test_check_io_file_leaves_no_file_behind_and_keeps_an_existing_one(tmp_path)
         with pytest.raises(UsageError, match="--io-file"):
             spec_mod.check_io_file(str(bad))
     assert sorted(os.listdir(tmp_path)) == ["old.img"]
+
+
+def test_the_file_is_allocated_before_the_first_write_and_never_extended(tmp_path):
+    """Every measured write overwrites, as a VMM's to its disk image: an extending write would wait
+    for a journal commit too, and the first IO_SPAN writes of every run would be that."""
+    path = str(tmp_path / "disk.img")
+    dev = WriteDevice(path, None)
+    try:
+        st = os.stat(path)
+        assert st.st_size == BLOCK * IO_SPAN and st.st_blocks * 512 >= BLOCK * IO_SPAN, st
+        for _ in range(2 * IO_SPAN):
+            assert dev.write() > 0
+        assert os.stat(path).st_size == BLOCK * IO_SPAN
+    finally:
+        dev.close()
 
 
 def test_a_tmpfs_default_directory_is_warned_about_once(monkeypatch, capsys):

@@ -24,7 +24,7 @@ class IrqfdInjector:
     def inject(self, index: int) -> None:
         w = self.w
         w[self.i_seq[index]] += 1
-        self.injected[index] += 1
         # The guest's ISR reads this stamp: nothing but the eventfd write after it.
         w[self.i_tsc[index]] = rdtsc()
         os.eventfd_write(self.fds[index], 1)
+        self.injected[index] += 1  # our own count: after the interrupt is on its way
