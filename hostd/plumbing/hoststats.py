@@ -100,6 +100,20 @@ def cpuidle_usage(cpus: list[int]) -> dict[int, dict[str, int]]:
     return out
 
 
+def own_idle() -> dict:
+    """This machine's own cpuidle driver, and where it is itself a KVM guest with cpuidle-haltpoll,
+    that driver's poll budget (guest_halt_poll_ns): it sets how fast an idle CPU here wakes, so
+    every cross-CPU wake of ours. At 0 (a boot parameter some clouds set) each one goes out to
+    the outer host; a bare-metal laptop has no such driver."""
+    out: dict = {"cpuidle_driver": None, "guest_halt_poll_ns": None}
+    try:
+        out["cpuidle_driver"] = _read("/sys/devices/system/cpu/cpuidle/current_driver").strip()
+        out["guest_halt_poll_ns"] = int(_read("/sys/module/haltpoll/parameters/guest_halt_poll_ns"))
+    except (OSError, ValueError):
+        pass
+    return out
+
+
 # --- load from others on our CPUs (so a noisy neighbour is measured, not guessed) -----------
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
