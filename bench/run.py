@@ -575,8 +575,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _own_idle_note(machine: dict) -> str:
-    """Said where this machine is itself a guest whose idle CPUs poll: that budget sets every
-    wake between the device's CPU and the vCPU's, so the floor's absolute writes/s."""
+    """Said where this machine is itself a KVM guest with cpuidle-haltpoll: its idle CPUs' poll
+    budget sets every wake between the device's CPU and the vCPU's, so the floor's writes/s."""
     ns = machine["guest_halt_poll_ns"]
     if machine["cpuidle_driver"] != "haltpoll" or ns is None:
         return ""
