@@ -83,8 +83,8 @@ class WriteDevice:
         if service_ns is None:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DSYNC, 0o600)
             # Allocated before the window, so every measured write overwrites, as a VMM's writes
-            # to its disk image do: a write that extends the file waits for a journal commit too
-            # (~100 us more here), and the first IO_SPAN writes of every run would.
+            # to its disk image do: a write that extends the file waits for its new size and blocks
+            # to be written too (~100 us more here), and the first IO_SPAN writes of every run would.
             os.pwrite(self.fd, bytes(BLOCK * IO_SPAN), 0)
         self.buf = os.urandom(BLOCK)
         self.block = 0

@@ -94,7 +94,8 @@ def test_check_io_file_leaves_no_file_behind_and_keeps_an_existing_one(tmp_path)
 
 def test_the_file_is_allocated_before_the_first_write_and_never_extended(tmp_path):
     """Every measured write overwrites, as a VMM's to its disk image: an extending write would wait
-    for a journal commit too, and the first IO_SPAN writes of every run would be that."""
+    for the file's new size and blocks to be written too, and the first IO_SPAN writes of every run
+    would be that."""
     path = str(tmp_path / "disk.img")
     dev = WriteDevice(path, None)
     try:
