@@ -53,7 +53,7 @@ class Device:
         self.io = WriteDevice(spec["io_file"], spec["io_service_ns"]) if spec["workload"] in ("io", "rr") else None
         self.io_queue: collections.deque[int] = collections.deque()
         self.kernel_counts = spec["backend"] == "kvm"  # the submit eventfds are the kernel's counts
-        self.rings = SubmitRings(words, n, not self.kernel_counts)
+        self.rings = SubmitRings(words, n)
         self.words = words
         words[abi.H_DEVICE_AWAKE] = 1
         # One epoll over the control socket and every submit eventfd: a VMM's I/O thread's wait.
@@ -111,10 +111,10 @@ class Device:
                 self._drain()
                 continue
             try:
-                signalled = os.eventfd_read(fd)
+                os.eventfd_read(fd)  # the signal's reset; the ring says how many
             except BlockingIOError:
                 continue
-            self.rings.take(index, signalled, self.io_queue)
+            self.rings.take(index, self.io_queue)
 
     def _serve_kernel_counted(self) -> None:
         """kvm io and rr: each vCPU's submit eventfd is the kernel's count of its guest's port

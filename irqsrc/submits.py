@@ -14,11 +14,11 @@ from vcpu import abi
 
 class SubmitRings:
     """Every vCPU's ring, and what each submitted as the device's own count, apart from the shared
-    words. kvm: no ring, the eventfd's count is the kernel's count of the guest's port writes."""
+    words. kvm has no ring: the eventfd's count is the kernel's count of the guest's port writes,
+    which the device adds to `taken` itself (Device._serve_kernel_counted)."""
 
-    def __init__(self, words: memoryview, nvcpus: int, rings: bool) -> None:
+    def __init__(self, words: memoryview, nvcpus: int) -> None:
         self.w = words
-        self.rings = rings
         base = [abi.slot_base(i) for i in range(nvcpus)]
         self.i_head = [b + abi.RING_HEAD for b in base]
         self.i_tail = [b + abi.RING_TAIL for b in base]
@@ -26,13 +26,10 @@ class SubmitRings:
         self.taken = [0] * nvcpus
         self.wait_ns = Ring()  # the guest's submit to the device taking it: the notify's own latency
 
-    def take(self, index: int, signalled: int, out) -> None:
-        """After an eventfd read of `signalled`: append `index` to `out` once per request."""
-        if not self.rings:
-            self.taken[index] += signalled
-            for _ in range(signalled):
-                out.append(index)
-            return
+    def take(self, index: int, out) -> None:
+        """After an eventfd read: append `index` to `out` once per request in its ring. The ring's
+        head says how many, not the count read: a request published after that read is taken now,
+        and its own signal later finds the ring empty."""
         w = self.w
         i_tail, i_entries = self.i_tail[index], self.i_entries[index]
         tail = w[i_tail]
