@@ -3,8 +3,10 @@ reader uses to tell a quiet run from a disturbed one must agree with what the ne
 import os
 import subprocess
 import sys
+import threading
 import time
 
+import numpy as np
 import pytest
 
 # Spins from each period's start for DUTY of it, then sleeps to the next start (absolute
@@ -34,21 +36,48 @@ def _cpu_s(pid: int) -> float:
         return int(f.read().split()[0]) / 1e9
 
 
+class _CpuSamples(threading.Thread):
+    """A process's CPU seconds against time.monotonic_ns(), every 100 ms, so its rate can be taken
+    over exactly the run's window (host_cpus.window_ns). Over the whole run it is not the same
+    figure: the VM's processes start on the spinner's CPU and take their share of it first (CI read
+    0.395 core for a 0.5 duty that way, beside a foreign_load of 0.435 in the window). Not more
+    often: this thread is a load on our CPUs too (every 10 ms it read as 0.02-0.03 core more)."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.t, self.cpu = pid, [], []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        self.sample()
+        while not self.done.wait(0.1):
+            self.sample()
+        self.sample()  # after the run, so its window lies within the samples
+
+    def sample(self) -> None:
+        self.t.append(time.monotonic_ns())
+        self.cpu.append(_cpu_s(self.pid))
+
+    def rate(self, t0_ns: int, t1_ns: int) -> float:
+        c0, c1 = np.interp([t0_ns, t1_ns], self.t, self.cpu)
+        return (c1 - c0) / ((t1_ns - t0_ns) / 1e9)
+
+
 def _measure(hostd, workload, duty, period_ns, device_cpu, vcpu_cpu) -> tuple[float, float]:
-    """(the spinner's own CPU, host_cpus.foreign_load), in cores, over one run beside it."""
+    """(the spinner's own CPU, host_cpus.foreign_load), in cores, over the same window."""
     spinner = subprocess.Popen([sys.executable, "-c", SPINNER, str(vcpu_cpu), str(duty), str(period_ns)])
+    samples = _CpuSamples(spinner.pid)
+    samples.start()
     try:
-        time.sleep(0.3)
-        t0, c0 = time.monotonic(), _cpu_s(spinner.pid)
-        # The vCPU blocks at once (policy none), so it barely competes: the spinner's rate over the
-        # whole run stands for its rate in the measurement window.
         r = hostd.run_json("run", "--vcpus", "1", "--workload", workload, "--policy", "none",
                            "--cpus", str(vcpu_cpu), "--device-cpu", str(device_cpu), "--duration", "3")
-        own = (_cpu_s(spinner.pid) - c0) / (time.monotonic() - t0)
     finally:
+        samples.done.set()
+        samples.join()
         spinner.kill()
         spinner.wait()
-    return own, r["host_cpus"]["foreign_load"]
+    window = r["host_cpus"]["window_ns"]
+    return samples.rate(window["t0"], window["t1"]), r["host_cpus"]["foreign_load"]
 
 
 @pytest.mark.parametrize("workload,duty,period_ns", [("idle", 0.5, 2_000_000), ("timer", 0.3, 10_000_000)])
@@ -60,7 +89,9 @@ def test_foreign_load_matches_an_outside_spinners_own_cpu_time(hostd, workload, 
     for _ in range(2):  # a second run only if others' load (theirs, not the spinner's) inflated the first
         own, foreign = _measure(hostd, workload, duty, period_ns, cpus[0], cpus[-1])
         print(f"{workload}: spinner's own {own:.3f} core, foreign_load {foreign:.3f} core")
-        assert own == pytest.approx(duty, abs=0.1)  # the spinner ran as asked, or the check means nothing
+        # The spinner was a load to be seen, or the check means nothing. It never runs more than its
+        # duty (it spins to a clock, not for an amount of CPU), and less when preempted.
+        assert duty / 2 <= own <= duty + 0.01
         assert foreign >= own - 0.05  # never less than the spinner: that is the miscount this catches
         runs.append(foreign - own)
         if foreign <= own + 0.05:

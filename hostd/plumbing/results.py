@@ -145,6 +145,9 @@ def build(vm: Vm, tsc_khz: int) -> dict:
             "cpuidle_entries": {str(k): v for k, v in win.idle_delta.items()},
             # Cores' worth of CPU others used on this VM's CPUs: a noisy neighbour, measured.
             "foreign_load": round(win.foreign_load, 4),
+            # The window these figures cover, on time.monotonic_ns() (DESIGN §3's one clock): an
+            # outside tool cuts its own samples (a neighbour's CPU time, a trace) to the same span.
+            "window_ns": {"t0": win.t0_ns, "t1": win.t1_ns},
         },
         "device": {
             "kicks_dropped": dev["kicks_dropped"],
