@@ -262,7 +262,11 @@ def test_neighbour_fidelity_explains_only_where_its_condition_holds_in_the_run()
     # The same miss without a neighbour: not the neighbour's doing.
     emu = _nb(**{"alone/io/none": {"writes_per_s": 2000.0}, "10%:2ms/io/none": {"writes_per_s": 1800.0}})
     kvm = _nb(**{"alone/io/none": {"writes_per_s": 3000.0}, "10%:2ms/io/none": {"writes_per_s": 2900.0}})
-    _explained(_nrow(emu, kvm, "neighbour.10%:2ms.io.none.writes"), "0.67x", "without a neighbour")
+    _explained(_nrow(emu, kvm, "neighbour.10%:2ms.io.none.writes"), "0.67x", "0.62x beside it", "without a neighbour")
+    kvm["10%:2ms"]["io"]["none"]["writes_per_s"] = _s(6000.0)  # the same side, but the neighbour tripled the gap
+    r = _nrow(emu, kvm, "neighbour.10%:2ms.io.none.writes")
+    assert not r["within"] and r["ratio"] == 0.3 and r["why"] is None
+    kvm["10%:2ms"]["io"]["none"]["writes_per_s"] = _s(2900.0)
     kvm["alone"]["io"]["none"]["writes_per_s"] = _s(2100.0)  # alone within reach: nothing explains the miss
     r = _nrow(emu, kvm, "neighbour.10%:2ms.io.none.writes")
     assert not r["within"] and r["why"] is None
