@@ -21,6 +21,7 @@ from bench import emu, floors, recording, vmm_floor
 from vcpu.kvm import kvm_api
 from hostd.analysis import stats
 from hostd.plumbing.hoststats import own_idle
+from hostd.output.machine_note import own_idle_note
 from hostd.output.intervals import compact
 from hostd.plumbing.orphans import remove_stale_segments
 
@@ -558,10 +559,11 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_end": os.getloadavg(),
         "leftover_segments": leftovers,
     }
+    note = own_idle_note(result["machine"], "the floor's absolute writes/s")
     text = table(figs) + (
         f"\n{'quick' if args.quick else 'full'} run, {os.cpu_count()} CPUs ({result['machine']['processor']}), "
         f"device CPU {dev_cpu}, vCPU CPU {vcpu_cpu}; load average {load0[0]:.2f} at start, "
-        f"{result['loadavg_end'][0]:.2f} at end; {result['elapsed_s']} s{_own_idle_note(result['machine'])}")
+        f"{result['loadavg_end'][0]:.2f} at end; {result['elapsed_s']} s") + (f"\n{note}" if note else "")
     print(text, file=sys.stderr if args.json else sys.stdout)
     if args.json:
         json.dump(result, sys.stdout)
@@ -572,17 +574,6 @@ def main(argv: list[str] | None = None) -> int:
             f.write("\n")
     _log(f"done in {result['elapsed_s']} s")
     return 1 if any(f.error for f in figs) or leftovers else 0
-
-
-def _own_idle_note(machine: dict) -> str:
-    """Said where this machine is itself a KVM guest with cpuidle-haltpoll: its idle CPUs' poll
-    budget sets every wake between the device's CPU and the vCPU's, so the floor's writes/s."""
-    ns = machine["guest_halt_poll_ns"]
-    if machine["cpuidle_driver"] != "haltpoll" or ns is None:
-        return ""
-    return (f"\nthis machine is itself a KVM guest: its cpuidle-haltpoll polls up to {ns:,} ns before its idle "
-            "CPUs halt to the outer host (/sys/module/haltpoll/parameters/guest_halt_poll_ns; the kernel's "
-            "default is 200,000), which sets the cost of every wake here and so the floor's absolute writes/s")
 
 
 def _cpu_model() -> str:

@@ -12,7 +12,7 @@ import pytest
 from hostd.analysis import compare_summary, stats
 from hostd.commands import compare
 from hostd.measure import beside_neighbour, cells, compare_plan, disturbance
-from hostd.output import compare_tables, figures
+from hostd.output import compare_tables, figures, machine_note
 
 from hostd.plumbing import hoststats, neighbour_cases
 from hostd.plumbing.errors import UsageError
@@ -202,6 +202,17 @@ def test_foreign_load_is_busy_time_not_ours_in_cores() -> None:
     assert hoststats.foreign_load(1.9, 2.0, 2.0) == 0.0  # jiffy rounding never goes negative
     assert hoststats.foreign_load(1.0, 0.0, 0.0) == 0.0
     assert hoststats.cpu_busy_s([0]) > 0
+
+
+def test_the_machines_own_idle_setting_is_named_only_on_a_haltpoll_guest() -> None:
+    note = machine_note.own_idle_note({"cpuidle_driver": "haltpoll", "guest_halt_poll_ns": 0}, "the io writes/s")
+    assert "polls up to 0 ns" in note and "200,000" in note and note.endswith("so the io writes/s.")
+    assert machine_note.own_idle_note({"cpuidle_driver": "haltpoll", "guest_halt_poll_ns": 200000}, "x")
+    assert machine_note.own_idle_note({"cpuidle_driver": "intel_idle", "guest_halt_poll_ns": None}, "x") == ""
+    assert machine_note.own_idle_note({"cpuidle_driver": None, "guest_halt_poll_ns": None}, "x") == ""
+    # This machine's own, as read: the note is there exactly where the driver is haltpoll.
+    own = hoststats.own_idle()
+    assert bool(machine_note.own_idle_note(own, "x")) == (own["cpuidle_driver"] == "haltpoll")
 
 
 def test_disturbance_names_its_cause_only_where_it_matters() -> None:
@@ -425,6 +436,9 @@ def test_quick_compare_end_to_end(tmp_path, hostd) -> None:
     assert [row["policy"] for row in rows] == ["none", "fixed", "adaptive", "guest-haltpoll", "idle-poll"]
 
     assert doc["config"]["quick"] and doc["config"]["repeat"] == 1
+    assert doc["config"]["own_idle"] == hoststats.own_idle()
+    note = machine_note.own_idle_note(doc["config"]["own_idle"], "every wake latency and io writes/s above, on both backends")
+    assert (note in doc["verdict_lines"]) if note else all("cpuidle-haltpoll" not in v for v in doc["verdict_lines"])
     assert len([r for r in doc["runs"] if r["experiment"] in compare_plan.EXPERIMENTS]) == 13
     assert all(r["neighbour"] is None and r["result"]["neighbour"] is None
                for r in doc["runs"] if r["experiment"] in compare_plan.EXPERIMENTS)  # the seed's: never beside one

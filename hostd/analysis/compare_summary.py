@@ -17,7 +17,8 @@ from hostd.measure.disturbance import DISTURBED, MAX_ATTEMPTS, PREEMPTED_POLLS
 from hostd.output import side_by_side
 from hostd.output.compare_verdict import bare_metal_verdict, neighbour_lines, seed_lines
 from hostd.output.fidelity_table import summary_line
-from hostd.plumbing import calibration
+from hostd.output.machine_note import own_idle_note
+from hostd.plumbing import calibration, hoststats
 from hostd.plumbing.formats import RESULTS_FORMAT_VERSION
 from hostd.plumbing.published import SEED
 from vcpu.policy import KVM_HALT_POLL_NS_DEFAULT, SEED_HALT_POLL_CYCLES
@@ -120,8 +121,10 @@ def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float)
     elif plan.kvm_unavailable:
         kvm = {"unavailable": plan.kvm_unavailable}
     ns = [n for n in beside_neighbour.cases(plan) if n is not None]
+    own_idle = hoststats.own_idle()
     lines = [*seed, *kernel, bare_metal_verdict(bare),
-             *neighbour_lines(near["summary"], ns, (near["kvm"] or {}).get("summary")), *notes]
+             *neighbour_lines(near["summary"], ns, (near["kvm"] or {}).get("summary")), *notes,
+             own_idle_note(own_idle, "every wake latency and io writes/s above, on both backends")]
     if disturbed:
         lines.append(f"Caution: {len(disturbed)} of {len(runs)} runs were disturbed by other processes even after "
                      f"re-measuring (marked *): measure on a quiet machine for figures worth quoting.")
@@ -145,6 +148,7 @@ def build_document(plan: Plan, runs: list[dict], started: str, elapsed_s: float)
             "fixed_halt_poll_ns": plan.fixed_ns,
             "adaptive_halt_poll_ns": KVM_HALT_POLL_NS_DEFAULT,
             "host_cpus": cpus,
+            "own_idle": own_idle,
             "placement": place_,
             "order": "repeat outermost; experiments io, idle, timer; policy order rotated by one each repeat; io "
                      "adaptive's extra repeats after them; then "
