@@ -124,8 +124,10 @@ def injection_open(vcpus: int, duration_s: float, rates: tuple[int, ...]) -> dic
         })
     good = [x for x in runs if x["sustained"]]
     best = max(good, key=lambda x: x["injected_per_s"]) if good else None
-    return {"rate_per_s": best["injected_per_s"] if best else 0,
-            "scheduled_per_s": best["scheduled_per_s"] if best else 0,
+    # None where no schedule was kept: the runs say by how much each fell short, and a 0 would read
+    # as a device that injected nothing.
+    return {"rate_per_s": best["injected_per_s"] if best else None,
+            "scheduled_per_s": best["scheduled_per_s"] if best else None,
             "coalesced_frac": best["coalesced_frac"] if best else None, "runs": runs}
 
 

@@ -65,6 +65,7 @@ class Figure:
     detail: dict = field(default_factory=dict)
     error: str | None = None
     ratio_ci: dict | None = None  # {"value", "ci_low", "ci_high", "n"}: the ratio's spread (_spread)
+    no_value: str = ""  # why value is None though nothing failed, for the table
 
 
 def _ratio(a, b):
@@ -252,10 +253,14 @@ def injection(m: Mode, ceiling: dict) -> list[Figure]:
                 fig.value = res["rate_per_s"]
                 fig.floor = round(ceiling["per_s"])
                 fig.ratio = _ratio(fig.value, fig.floor)
+                if fig.value is None:  # open loop: no schedule kept
+                    best = max(res["runs"], key=lambda r: r["injected_per_s"])
+                    fig.no_value = (f"none kept (best {best['injected_per_s']:,} of "
+                                    f"{best['scheduled_per_s']:,}/s scheduled)")
                 if fig.target:
                     # Met when a 50k/s schedule was kept (the window's edges shave a few
                     # interrupts off the measured rate of a kept schedule).
-                    fig.met = res.get("scheduled_per_s", fig.value) >= 50_000
+                    fig.met = (res.get("scheduled_per_s", fig.value) or 0) >= 50_000
                 fig.detail = res
                 _spread(fig, fig.value, ceiling.get("chunk_per_s"))
 
@@ -498,7 +503,8 @@ def table(figs: list[Figure]) -> str:
         met = "-" if f.met is None else ("yes" if f.met else "NO")
         if _noise_only(f):
             met = "yes, within noise"
-        value = _fmt(f.value, f.unit) if not f.error else f"error: {f.error[:60]}"
+        value = f"error: {f.error[:60]}" if f.error else f.no_value if f.value is None and f.no_value else \
+            _fmt(f.value, f.unit)
         ratio = compact(f.ratio_ci, lambda x: f"{x:.2f}") if f.ratio_ci else \
             "-" if f.ratio is None else f"{f.ratio:.2f}"
         rows.append((f.label, value, floor, ratio, f.target or "-", met))
