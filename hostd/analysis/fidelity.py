@@ -230,7 +230,7 @@ def _alone_same_way(case: str, wl: str, pol: str, metric: str, check: str) -> Ex
         if here[2] is not False or alone[2] is not False:
             return False
         if check == "ratio":
-            return (here[0] > HIGH) == (alone[0] > HIGH) and LOW <= here[0] / alone[0] <= HIGH
+            return (here[0] > HIGH) == (alone[0] > HIGH) and alone[0] > 0 and LOW <= here[0] / alone[0] <= HIGH
         return (here[1] > 0) == (alone[1] > 0) and abs(here[1] - alone[1]) <= _TOLERANCE[check]
 
     def text(emu: dict, kvm: dict) -> str:
