@@ -138,7 +138,7 @@ def _delta(d: ServeDaemon, vm: str, seconds: float) -> dict[str, int]:
     time.sleep(seconds)
     b = d.call("stats", vm=vm)
     return {k: _vcpu_sum(b, vm, k) - _vcpu_sum(a, vm, k)
-            for k in ("halt_exits", "halt_successful_poll", "halt_attempted_poll")}
+            for k in ("halt_exits", "halt_successful_poll", "halt_attempted_poll", "halt_poll_preempted")}
 
 
 def test_end_to_end_launch_set_stop_shutdown():
@@ -163,9 +163,12 @@ def test_end_to_end_launch_set_stop_shutdown():
         after = _delta(d, timer, 1.5)
         assert after["halt_exits"] > 50, after
         assert after["halt_attempted_poll"] > 0.9 * after["halt_exits"], after  # every halt now polls
-        # Alone on its CPU nearly every halt ends inside the poll (~98% here); other tests
-        # running on the same 2 cores cut polls short (halt_poll_preempted), hence the margin.
-        assert after["halt_successful_poll"] > 0.1 * after["halt_exits"], after
+        # ... and the budget is the one set: it outlasts every deadline, so a poll ends in its
+        # interrupt or, where another task is runnable on the CPU, gives way to it (as the
+        # kernel's does), never by running out. Alone ~98% succeed; beside a 60% load on both
+        # cores (stress-ng) 5%, the rest gave way.
+        assert after["halt_successful_poll"] + after["halt_poll_preempted"] >= 0.9 * after["halt_attempted_poll"], after
+        assert after["halt_successful_poll"] > 0, after
         # The other VM was not touched.
         ps = d.call("ps")
         assert next(v for v in ps["vms"] if v["id"] == idle)["params"]["halt_poll_ns"] == 200000
