@@ -65,7 +65,11 @@ def test_a_poll_ends_soon_once_another_task_is_runnable_on_its_cpu_without_root(
     argv, env = _unprivileged()
     run = ("--workload", "timer", "--interval-us", "500", "--policy", "fixed", "--halt-poll-ns", "2000000",
            "--cpus", str(cpus[-1]), "--device-cpu", str(cpus[0]), "--duration", "2", "--calibration", "none")
-    alone = _run_as_user(argv, env, *run)["vcpus"][0]["stats"]
+    first = _run_as_user(argv, env, *run)
+    if first["host_cpus"]["foreign_load"] >= 0.3:
+        pytest.skip(f"other processes used {first['host_cpus']['foreign_load']:.2f} core of our CPUs: the run meant "
+                    "to be alone was not, and their tasks end polls by design")
+    alone = first["vcpus"][0]["stats"]
     spinner = subprocess.Popen([sys.executable, "-c", IDLE_SPINNER, str(cpus[-1])])
     try:
         beside = _run_as_user(argv, env, *run)["vcpus"][0]["stats"]
