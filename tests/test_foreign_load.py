@@ -99,9 +99,5 @@ def test_foreign_load_matches_an_outside_spinners_own_cpu_time(hostd, workload, 
     if min(runs) > 0.05:
         # Ours to answer only if the machine is quiet without the spinner: others' load that lasts
         # through both runs (a 60% stress-ng on both cores read 0.99-1.11 core more) is theirs.
-        quiet = hostd.run_json("run", "--vcpus", "1", "--workload", workload, "--policy", "none", "--cpus",
-                               str(cpus[-1]), "--device-cpu", str(cpus[0]), "--duration", "1")
-        others = quiet["host_cpus"]["foreign_load"]
-        if others > 0.05:
-            pytest.skip(f"other processes used {others:.2f} core of our CPUs without the spinner too")
+        hostd.skip_if_others_load("without the spinner too")
     assert min(runs) <= 0.05, f"foreign_load exceeded the spinner's own CPU by {runs} core in each run"
