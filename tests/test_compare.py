@@ -403,6 +403,11 @@ def ordering_violations(doc: dict) -> list[str]:
     return [msg for ok, msg in checks if not ok]
 
 
+def _io_service_p50(doc: dict) -> dict[str, int]:
+    """Each io cell's write service p50 (ns): how fast the disk was in that cell's run."""
+    return {r["id"]: r["result"]["device"]["io_service_ns"]["p50"] for r in doc["runs"] if r["experiment"] == "io"}
+
+
 def _runs_of(violation: str) -> set[str]:
     """The quick comparison's runs an ordering_violations() message compares."""
     what = violation.split(":")[0]
@@ -477,17 +482,21 @@ def test_quick_compare_end_to_end(tmp_path, hostd) -> None:
     assert "fixed polling" in doc["verdict"] and doc["seed"]["io_fixed_pct_of_idle_poll"] == 99.0
     check_neighbour_experiment(doc, out)
 
-    # The measured ordering on this machine. Other users' processes on the vCPU's CPU starve a
-    # spinning vCPU (idle-poll, a polling one) for whole time slices; compare re-measures such runs
-    # and flags what stays disturbed. Only then is the whole quick comparison measured once more.
+    # The measured ordering on this machine, in one quick run per cell. Other users' processes on
+    # the vCPU's CPU starve a spinning vCPU (idle-poll, a polling one) for whole time slices, and
+    # compare flags such runs; the disk's own speed moves between cells too (write service p50
+    # 176-260 us within one quiet comparison here: fixed 1,587 writes/s against none's 1,867 with
+    # 82% of its polls successful). So a miss is measured once more, as a whole comparison.
     bad = ordering_violations(doc)
-    if bad and doc["disturbed_runs"]:
-        first = (bad, doc["disturbed_runs"])
+    if bad:
+        first = (bad, doc["disturbed_runs"], _io_service_p50(doc))
         doc = quick_compare(hostd, tmp_path / "again")
         bad = ordering_violations(doc)
         # Each miss's runs disturbed both times, as compare itself says: others' load that lasted
         # (a 60% stress-ng on both cores did), not an ordering of ours to answer for.
         if bad and all(_runs_of(msg) <= set(first[1]) & set(doc["disturbed_runs"]) for msg in bad):
             pytest.skip(f"the runs behind {bad} were disturbed in both attempts")
-        assert not bad, f"{bad}; disturbed runs {doc['disturbed_runs']} (first attempt: {first})"
-    assert not bad, f"{bad}; runs' foreign load: {[(r['id'], r['foreign_load']) for r in doc['runs']]}"
+        foreign = [(r["id"], r["foreign_load"]) for r in doc["runs"]]
+        assert not bad, (f"{bad}; disturbed runs {doc['disturbed_runs']}, io service p50 {_io_service_p50(doc)}, "
+                         f"foreign load {foreign} (first attempt: {first[0]}, disturbed {first[1]}, "
+                         f"io service p50 {first[2]})")
